@@ -1,0 +1,298 @@
+"""`sovereign agent`: make this machine a device of the hub.
+
+The agent announces its capability over MQTT (retained, with a last will on its status topic)
+and over zeroconf (``_sovereign._tcp.local.`` plus an HTTP endpoint serving the full
+document), publishes its energy state periodically, and answers requests on its RPC topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import aiomqtt
+import psutil
+from aiohttp import web
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from zeroconf.asyncio import AsyncServiceInfo
+
+from .. import __version__
+from ..capability import PROTOCOL_VERSION, Capability, Endpoints, EnergyReport, Load, ModelSpec, Power, Tier
+from ..config import BrokerUrl, TlsConfig, format_validation_error
+from ..mdns import SERVICE_TYPE, open_zeroconf
+from ..mqtt import Birth, MqttLink, MqttOptions
+from ..ollama_models import list_ollama_models
+from ..topics import Topics
+from .hardware import detect_hardware, detect_power
+from .profiles import PROFILES
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+@dataclass
+class AgentOptions:
+    broker: BrokerUrl
+    device_id: str
+    name: str
+    profile: str | None = None
+    tier: Tier | None = None
+    topic_root: str = "sovereign"
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    heartbeat_s: float = 10.0
+    http_host: str = "0.0.0.0"
+    http_port: int = 0
+    zeroconf: bool = True
+    mqtt: bool = True
+    zeroconf_interfaces: Literal["all"] | list[str] = "all"
+    models_dir: Path | None = None
+    ollama_host: str | None = None
+    idle_w: float | None = None
+    active_w: float | None = None
+    battery_pct: float | None = None
+    extra_models: list[ModelSpec] = field(default_factory=list)
+
+
+class RpcRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: int = PROTOCOL_VERSION
+    id: str = Field(min_length=1, max_length=128)
+    method: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: MQTT 3.1.1 clients have no response-topic property: they name it here.
+    reply_to: str | None = Field(default=None, max_length=512)
+
+
+def local_tflite_models(models_dir: Path | None) -> list[ModelSpec]:
+    """``*.tflite`` files, each with an optional ``<name>.json`` sidecar giving its tasks."""
+    if models_dir is None or not models_dir.is_dir():
+        return []
+    out = []
+    for path in sorted(models_dir.glob("*.tflite")):
+        meta: dict[str, Any] = {}
+        sidecar = path.with_suffix(".json")
+        if sidecar.is_file():
+            try:
+                meta = json.loads(sidecar.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring %s: %s", sidecar, exc)
+        try:
+            out.append(ModelSpec(name=meta.get("name", path.stem), runtime="tflite",
+                                 tasks=meta.get("tasks", ["classify"]), size_mb=round(path.stat().st_size / 1e6, 3)))
+        except ValidationError as exc:
+            log.warning("ignoring model %s: %s", path, format_validation_error(exc))
+    return out
+
+
+class Agent:
+    def __init__(self, opts: AgentOptions) -> None:
+        self.opts = opts
+        self.topics = Topics(opts.topic_root)
+        self.capability: Capability
+        self.power: Power
+        self.http_port = 0
+        self.started = time.monotonic()
+        self.active = 0
+        self._stack = AsyncExitStack()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.mqtt: MqttLink | None = None
+
+    async def build_capability(self) -> Capability:
+        o = self.opts
+        profile = PROFILES[o.profile] if o.profile else None
+        if profile is not None:
+            hardware, power, models = profile.hardware, profile.power, list(profile.models)
+            tier = o.tier or profile.tier
+        else:
+            hardware = await detect_hardware()
+            power = detect_power(o.idle_w, o.active_w)
+            models = []
+            tier = o.tier or (Tier.medium if hardware.accelerator else Tier.small)
+        if o.battery_pct is not None:
+            power = power.model_copy(update={"battery_pct": o.battery_pct})
+        models += local_tflite_models(o.models_dir)
+        if o.ollama_host:
+            try:
+                models += await list_ollama_models(o.ollama_host, timeout_s=3)
+            except Exception as exc:  # the ollama client raises httpx and its own errors
+                log.warning("Ollama at %s not listed: %r", o.ollama_host, exc)
+        models += o.extra_models
+        self.power = power
+        return Capability(
+            v=PROTOCOL_VERSION, id=o.device_id, name=o.name, tier=tier, hardware=hardware, power=power,
+            models=models, endpoints=Endpoints(http_port=self.http_port or None),
+            software=f"sovereign-agent {__version__}" + (f" (profile {o.profile})" if o.profile else ""),
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "Agent":
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        o = self.opts
+        await self._start_http()
+        self.capability = await self.build_capability()
+        if o.mqtt:
+            mqtt_opts = MqttOptions(
+                url=o.broker, client_id=f"sovereign-agent-{o.device_id}", username=o.username, password=o.password,
+                tls=o.tls, birth=Birth(self.topics.device(o.device_id, "status")),
+                subscriptions=[(self.topics.device(o.device_id, "rpc"), 1)],
+            )
+            self.mqtt = await self._stack.enter_async_context(
+                MqttLink(mqtt_opts, self._on_message, on_connect=self._announce))
+            self._spawn(self._heartbeats(), "heartbeats")
+        if o.zeroconf:
+            await self._start_zeroconf()
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/capability", self._http_capability)
+        app.router.add_get("/health", self._http_health)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, self.opts.http_host, self.opts.http_port)
+        await site.start()
+        self.http_port = runner.addresses[0][1]
+
+    async def _start_zeroconf(self) -> None:
+        o = self.opts
+        azc = open_zeroconf(o.zeroconf_interfaces)
+        self._stack.push_async_callback(azc.async_close)
+        if o.zeroconf_interfaces == "all":
+            addresses = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                         if a.family == socket.AF_INET and not a.address.startswith("127.")] or ["127.0.0.1"]
+        else:
+            addresses = list(o.zeroconf_interfaces)
+        info = AsyncServiceInfo(
+            SERVICE_TYPE, f"{o.device_id}.{SERVICE_TYPE}",
+            addresses=[socket.inet_aton(a) for a in addresses if "." in a],
+            port=self.http_port,
+            properties={"id": o.device_id, "tier": self.capability.tier.value, "v": str(PROTOCOL_VERSION),
+                        "http_port": str(self.http_port)},
+            server=f"{o.device_id}.local.",
+        )
+        await azc.async_register_service(info, allow_name_change=False)
+        self._stack.push_async_callback(azc.async_unregister_service, info)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- MQTT ----------------------------------------------------------------------------------
+
+    async def _announce(self, link: MqttLink) -> None:
+        """After every (re)connect: the retained announcement, then an energy report at once."""
+        topic = self.topics.device(self.opts.device_id, "announce")
+        await link.publish(topic, self.capability.model_dump_json(exclude_none=True), qos=1, retain=True)
+        await self._publish_energy()
+
+    def energy_report(self) -> EnergyReport:
+        p = self.power
+        return EnergyReport(ts=time.time(), source=p.source, battery_pct=p.battery_pct, charging=p.charging,
+                            power_w=(p.active_w if self.active else p.idle_w), load=Load(active=self.active))
+
+    async def _publish_energy(self) -> None:
+        if self.mqtt is None:
+            return
+        if not self.opts.profile:
+            self.power = detect_power(self.opts.idle_w, self.opts.active_w)
+        await self.mqtt.publish(self.topics.device(self.opts.device_id, "energy"),
+                                self.energy_report().model_dump_json(exclude_none=True))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.heartbeat_s)
+            await self._publish_energy()
+
+    def _on_message(self, message: aiomqtt.Message) -> None:
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+        props = getattr(message, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        self._spawn(self._rpc(payload, response_topic, correlation), "rpc")
+
+    async def _rpc(self, payload: bytes, response_topic: str | None, correlation: bytes | None) -> None:
+        received = time.perf_counter()
+        request_id = None
+        try:
+            if len(payload) > MAX_REQUEST_BYTES:
+                raise _RpcError("too_large", f"request of {len(payload)} bytes exceeds {MAX_REQUEST_BYTES}")
+            try:
+                req = RpcRequest.model_validate_json(payload)
+            except ValidationError as exc:
+                raise _RpcError("bad_request", format_validation_error(exc).replace("\n", "; ")) from None
+            request_id = req.id
+            response_topic = response_topic or req.reply_to
+            started = time.perf_counter()
+            self.active += 1
+            try:
+                result = await self._call(req)
+            finally:
+                self.active -= 1
+            body: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": req.id, "ok": True, "result": result,
+                                    "timings": {"queue_ms": round((started - received) * 1000, 3),
+                                                "compute_ms": round((time.perf_counter() - started) * 1000, 3)}}
+        except _RpcError as exc:
+            body = {"v": PROTOCOL_VERSION, "id": request_id, "ok": False,
+                    "error": {"code": exc.code, "message": exc.message}}
+            log.warning("rpc rejected: %s", exc.message)
+        if not response_topic:
+            return  # nowhere to answer; logged above if it was an error
+        if not response_topic.startswith(self.topics.root + "/") or any(c in response_topic for c in "#+"):
+            log.warning("rpc: refusing to answer on %r (outside %s/)", response_topic, self.topics.root)
+            return
+        props = None
+        if correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation
+        if self.mqtt is not None:
+            await self.mqtt.publish(response_topic, json.dumps(body), qos=1, properties=props)
+
+    async def _call(self, req: RpcRequest) -> dict[str, Any]:
+        if req.method == "health":
+            return {"device_id": self.opts.device_id, "uptime_s": round(time.monotonic() - self.started, 3),
+                    "active": self.active, "version": __version__}
+        if req.method == "echo":
+            return {"echo": req.params}
+        raise _RpcError("unknown_method", f"unknown method {req.method!r} (known: health, echo)")
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    async def _http_capability(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.capability.model_dump_json(exclude_none=True), content_type="application/json")
+
+    async def _http_health(self, request: web.Request) -> web.Response:
+        return web.json_response({"device_id": self.opts.device_id, "ok": True,
+                                  "mqtt_connected": bool(self.mqtt and self.mqtt.connected.is_set())})
+
+
+class _RpcError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message

@@ -1,0 +1,164 @@
+"""The capability document a device announces, and the small payloads that go with it.
+
+One schema serves the Python agent, the MicroPython firmware and the Ollama adapter; the
+registry stores exactly what a device announced. Validation happens here, once, at the edge:
+every model forbids unknown keys at the top level so that a typo in a device's firmware is
+reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Version of the capability document. A device announcing another major version is rejected
+#: with a message naming both versions; minor additions stay compatible.
+PROTOCOL_VERSION = 1
+
+#: Device ids become MQTT topic levels and zeroconf instance names: no `/`, `#`, `+`, spaces.
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+
+
+def is_valid_device_id(value: str) -> bool:
+    return bool(_DEVICE_ID_RE.match(value))
+
+
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, description="Stable device id; a single MQTT topic level")]
+
+
+class Tier(StrEnum):
+    tiny = "tiny"  # microcontrollers, watches, phones running TinyML
+    small = "small"  # laptops running small models
+    medium = "medium"  # a GPU box running medium models
+    large = "large"  # cloud models
+
+    @property
+    def rank(self) -> int:
+        return _TIER_RANK[self]
+
+
+_TIER_RANK = {Tier.tiny: 0, Tier.small: 1, Tier.medium: 2, Tier.large: 3}
+
+
+class PowerSource(StrEnum):
+    battery = "battery"
+    mains = "mains"
+    solar = "solar"
+    ups = "ups"
+
+
+#: Task types the router knows. Devices may announce others (forward compatibility); the
+#: router simply never matches them.
+KNOWN_TASKS = (
+    "intent", "classify", "embed", "transcribe", "summarize", "qa", "format",
+    "draft", "code", "reason", "vision", "eeg", "echo",
+)
+TaskName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Accelerator(_Strict):
+    kind: Literal["gpu", "npu", "tpu", "dsp", "other"] = "gpu"
+    name: str = Field(max_length=128)
+    memory_mb: int | None = Field(default=None, ge=0, le=10_000_000)
+
+
+class Hardware(_Strict):
+    cpu: str = Field(default="unknown", max_length=128)
+    cores: int = Field(default=1, ge=1, le=4096)
+    ram_mb: int = Field(default=0, ge=0, le=100_000_000)
+    accelerator: Accelerator | None = None
+
+
+class Power(_Strict):
+    source: PowerSource
+    battery_pct: float | None = Field(default=None, ge=0, le=100)
+    charging: bool | None = None
+    idle_w: float | None = Field(default=None, ge=0, le=100_000)
+    active_w: float | None = Field(default=None, ge=0, le=100_000)
+    #: Below this charge the device serves only its own tasks (the router never drains it).
+    battery_floor_pct: float = Field(default=20, ge=0, le=100)
+
+
+class LatencyMs(_Strict):
+    p50: float = Field(ge=0, le=3_600_000)
+    p95: float = Field(ge=0, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LatencyMs":
+        if self.p95 < self.p50:
+            raise ValueError(f"p95 ({self.p95}) must be >= p50 ({self.p50})")
+        return self
+
+
+class ModelSpec(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    runtime: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = Field(
+        description="code | tflite | onnx | ollama | llamacpp | cloud | simulated | ..."
+    )
+    tasks: list[TaskName] = Field(min_length=1, max_length=64)
+    latency_ms: LatencyMs | None = Field(default=None, description="Measured per call; null when not yet measured")
+    energy_j_per_call: float | None = Field(default=None, ge=0, le=1_000_000)
+    max_concurrency: int = Field(default=1, ge=1, le=1024)
+    quality: float | None = Field(default=None, ge=0, le=1, description="Expected quality 0..1 for its tasks")
+    size_mb: float | None = Field(default=None, ge=0)
+
+
+class Endpoints(_Strict):
+    http_port: int | None = Field(default=None, ge=1, le=65535)
+    host: str | None = Field(default=None, max_length=253)
+
+
+class Capability(_Strict):
+    """What a device announces at ``<root>/device/<id>/announce`` (retained)."""
+
+    v: int = Field(description="Capability schema version")
+    id: DeviceId
+    name: str = Field(min_length=1, max_length=128)
+    tier: Tier
+    hardware: Hardware = Hardware()
+    power: Power
+    models: list[ModelSpec] = Field(default_factory=list, max_length=256)
+    endpoints: Endpoints = Endpoints()
+    software: str | None = Field(default=None, max_length=128, description="Agent or firmware name and version")
+
+    @field_validator("v")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != PROTOCOL_VERSION:
+            raise ValueError(f"unsupported capability schema version {v} (this hub speaks {PROTOCOL_VERSION})")
+        return v
+
+    def tasks(self) -> set[str]:
+        return {t for m in self.models for t in m.tasks}
+
+
+class Load(_Strict):
+    active: int = Field(default=0, ge=0, le=100_000)
+    queued: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class EnergyReport(_Strict):
+    """Periodic heartbeat at ``<root>/device/<id>/energy`` (not retained)."""
+
+    v: int = PROTOCOL_VERSION
+    ts: float = Field(description="Device clock, Unix seconds")
+    source: PowerSource
+    battery_pct: float | None = Field(default=None, ge=0, le=100)
+    charging: bool | None = None
+    power_w: float | None = Field(default=None, ge=0, le=100_000)
+    load: Load = Load()
+
+    @field_validator("v")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != PROTOCOL_VERSION:
+            raise ValueError(f"unsupported energy report version {v} (this hub speaks {PROTOCOL_VERSION})")
+        return v

@@ -1,0 +1,209 @@
+"""The ``sovereign`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .capability import Tier, is_valid_device_id
+from .config import BrokerUrl, ConfigError, TlsConfig, load_config
+
+DEFAULT_API = "http://127.0.0.1:8700"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _interfaces(values: list[str] | None) -> Any:
+    return values if values else "all"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sovereign", description="Sovereign Hub: energy-aware routing of inference across a home's devices")
+    p.add_argument("--version", action="version", version=f"sovereign-hub {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the hub")
+    run.add_argument("--config", type=Path, help="TOML config file (default: embedded defaults)")
+    run.add_argument("--http-port", type=int, help="override http.port")
+    run.add_argument("--data-dir", type=Path, help="override data_dir")
+
+    agent = sub.add_parser("agent", help="make this machine a device of the hub")
+    agent.add_argument("--broker", default=os.environ.get("SOVEREIGN_BROKER", "mqtt://127.0.0.1:1883"),
+                       help="mqtt://host:port or mqtts://… (env SOVEREIGN_BROKER)")
+    agent.add_argument("--id", dest="device_id", help="device id (default: hostname[-profile])")
+    agent.add_argument("--name", help="human-readable name")
+    agent.add_argument("--profile", choices=["watch", "phone", "laptop", "gpu-box"],
+                       help="stand in for such a device (hardware and power figures from the profile)")
+    agent.add_argument("--tier", choices=[t.value for t in Tier], help="override the tier")
+    agent.add_argument("--topic-root", default="sovereign")
+    agent.add_argument("--username", default=os.environ.get("SOVEREIGN_MQTT_USERNAME"))
+    agent.add_argument("--password-env", default="SOVEREIGN_MQTT_PASSWORD",
+                       help="environment variable holding the MQTT password")
+    agent.add_argument("--ca-file", type=Path)
+    agent.add_argument("--cert-file", type=Path)
+    agent.add_argument("--key-file", type=Path)
+    agent.add_argument("--heartbeat-s", type=float, default=10.0)
+    agent.add_argument("--http-host", default="0.0.0.0", help="where the capability document is served")
+    agent.add_argument("--http-port", type=int, default=0)
+    agent.add_argument("--no-zeroconf", action="store_true")
+    agent.add_argument("--no-mqtt", action="store_true", help="announce over zeroconf only")
+    agent.add_argument("--zeroconf-interface", action="append", metavar="ADDR",
+                       help="announce only on this address (repeatable; default: all interfaces)")
+    agent.add_argument("--models-dir", type=Path, help="folder of .tflite models to serve")
+    agent.add_argument("--ollama-host", default=os.environ.get("OLLAMA_HOST"), help="local Ollama (env OLLAMA_HOST)")
+    agent.add_argument("--idle-w", type=float)
+    agent.add_argument("--active-w", type=float)
+    agent.add_argument("--battery-pct", type=float, help="override the reported battery charge")
+    agent.add_argument("--log-level", default="info")
+
+    dev = sub.add_parser("devices", help="list the devices the running hub knows")
+    dev.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
+    dev.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="hub + simulated fleet, no configuration")
+    demo.add_argument("--http-port", type=int, default=8700)
+    demo.add_argument("--data-dir", type=Path)
+    demo.add_argument("--log-level", default="warning")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "agent":
+            return _cmd_agent(args)
+        if args.command == "devices":
+            return _cmd_devices(args)
+        if args.command == "demo":
+            from .demo import run_demo
+            _setup_logging(args.log_level)
+            return asyncio.run(run_demo(args.http_port, args.data_dir))
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runtime import run_hub
+    config = load_config(args.config)
+    if args.http_port is not None:
+        config.http.port = args.http_port
+    if args.data_dir is not None:
+        config.data_dir = args.data_dir
+    _setup_logging(config.log_level)
+    try:
+        asyncio.run(run_hub(config))
+    except RuntimeError as exc:  # start-up problems (port in use, no broker) are reported plainly
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def default_device_id(profile: str | None) -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]).strip("-.") or "device"
+    return f"{host}-{profile}" if profile else host
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from .agent.agent import Agent, AgentOptions
+    _setup_logging(args.log_level)
+    device_id = args.device_id or default_device_id(args.profile)
+    if not is_valid_device_id(device_id):
+        print(f"error: invalid device id {device_id!r}: letters, digits, '_', '.', '-' only (max 64)", file=sys.stderr)
+        return 2
+    try:
+        broker = BrokerUrl.parse(args.broker)
+        tls = None
+        if args.ca_file or args.cert_file:
+            tls = TlsConfig(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    opts = AgentOptions(
+        broker=broker, device_id=device_id, name=args.name or device_id, profile=args.profile,
+        tier=Tier(args.tier) if args.tier else None, topic_root=args.topic_root, username=args.username,
+        password=os.environ.get(args.password_env), tls=tls, heartbeat_s=args.heartbeat_s,
+        http_host=args.http_host, http_port=args.http_port, zeroconf=not args.no_zeroconf, mqtt=not args.no_mqtt,
+        zeroconf_interfaces=_interfaces(args.zeroconf_interface), models_dir=args.models_dir,
+        ollama_host=args.ollama_host, idle_w=args.idle_w, active_w=args.active_w, battery_pct=args.battery_pct,
+    )
+    return asyncio.run(_run_agent(opts))
+
+
+async def _run_agent(opts: Any) -> int:
+    import signal
+
+    from .agent.agent import Agent
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Agent(opts) as agent:
+        print(f"agent {opts.device_id} ({agent.capability.tier.value}) → {opts.broker}; "
+              f"capability at http://{opts.http_host}:{agent.http_port}/capability", flush=True)
+        await stop.wait()
+    return 0
+
+
+def fetch_json(url: str, timeout: float = 5.0) -> Any:
+    req = urllib.request.Request(url)
+    token = os.environ.get("SOVEREIGN_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.load(resp)
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    try:
+        data = fetch_json(args.url.rstrip("/") + "/api/devices")
+    except urllib.error.HTTPError as exc:
+        print(f"error: the hub at {args.url} answered HTTP {exc.code}"
+              + (" (set SOVEREIGN_TOKEN)" if exc.code == 401 else ""), file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)}); is `sovereign run` or "
+              "`sovereign demo` running? (--url or SOVEREIGN_URL)", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(data, sys.stdout, indent=2)
+        print()
+        return 0
+    print(format_device_table(data["devices"]))
+    return 0
+
+
+def format_device_table(devices: list[dict[str, Any]]) -> str:
+    rows = [("ID", "TIER", "STATUS", "POWER", "BATTERY", "MODELS", "SOURCES")]
+    for d in devices:
+        cap = d["capability"]
+        power = (d.get("energy") or cap["power"])
+        battery = power.get("battery_pct")
+        rows.append((
+            d["id"], d["tier"], "online" if d["online"] else "offline",
+            power.get("source", "?"), "-" if battery is None else f"{battery:.0f}%",
+            ", ".join(m["name"] for m in cap.get("models", [])) or "-", ",".join(d["sources"]),
+        ))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if len(rows) == 1:
+        lines.append("(no devices yet)")
+    return "\n".join(lines)

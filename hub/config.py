@@ -1,0 +1,217 @@
+"""Hub configuration: a TOML file validated into typed models.
+
+Every error names the key path and the problem, e.g.
+``config.toml: mqtt.port: Input should be less than or equal to 65535 (got 70000)``.
+Nothing is required: an empty file (or none) gives a working hub with an embedded broker.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A configuration problem, with every offending key path in the message."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsConfig(_Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: Skip hostname verification (self-signed lab setups). Certificates are still checked.
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> "TlsConfig":
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.expanduser().is_file():
+                raise ValueError(f"{name}: file not found: {path}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class BrokerUrl(BaseModel):
+    scheme: Literal["mqtt", "mqtts"]
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str) -> "BrokerUrl":
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"broker URL has no host: {url!r}")
+        try:
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        except ValueError as exc:
+            raise ValueError(f"broker URL has an invalid port: {url!r}") from exc
+        return cls(scheme=parts.scheme, host=parts.hostname, port=port)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+class MqttConfig(_Section):
+    #: Broker to use. When absent the hub starts and supervises its own Mosquitto.
+    url: str | None = None
+    topic_root: str = Field(default="sovereign", pattern=r"^[^#+/][^#+]*[^#+/]$|^[^#+/]$")
+    client_id: str | None = Field(default=None, max_length=64)
+    username: str | None = None
+    password: str | None = None
+    #: Read the password from this file instead of putting it in the config.
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    #: Payloads larger than this are rejected before parsing.
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None:
+            BrokerUrl.parse(v)
+        return v
+
+    @model_validator(mode="after")
+    def _password(self) -> "MqttConfig":
+        if self.password and self.password_file:
+            raise ValueError("give password or password_file, not both")
+        if self.password_file is not None and not self.password_file.expanduser().is_file():
+            raise ValueError(f"password_file: file not found: {self.password_file}")
+        return self
+
+    def broker_url(self) -> BrokerUrl | None:
+        return BrokerUrl.parse(self.url) if self.url else None
+
+    def resolved_password(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.expanduser().read_text().strip()
+        return self.password
+
+
+class EmbeddedBrokerConfig(_Section):
+    """The Mosquitto the hub starts when ``mqtt.url`` is not set."""
+
+    binary: str = "mosquitto"
+    host: str = "127.0.0.1"
+    #: 0 picks a free port.
+    port: int = Field(default=1883, ge=0, le=65535)
+    restart_backoff_max_s: float = Field(default=10, gt=0, le=300)
+
+
+class HttpConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=0, le=65535)
+    #: Bearer token. Required when ``host`` is not a loopback address. May also come from
+    #: the SOVEREIGN_TOKEN environment variable.
+    token: str | None = Field(default=None, min_length=16)
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> "HttpConfig":
+        if self.token is None:
+            self.token = os.environ.get("SOVEREIGN_TOKEN") or None
+        if not is_loopback(self.host) and not self.token:
+            raise ValueError(
+                f"host {self.host!r} is not loopback: set http.token (16+ characters) or SOVEREIGN_TOKEN"
+            )
+        return self
+
+
+class DiscoveryConfig(_Section):
+    #: A device sending nothing (announce, energy, status) for this long is marked offline.
+    heartbeat_timeout_s: float = Field(default=30, gt=0, le=86_400)
+    #: Devices offline for longer than this are removed and their retained topics cleared.
+    forget_after_s: float = Field(default=7 * 86_400, gt=0)
+
+
+class ZeroconfConfig(_Section):
+    enabled: bool = True
+    #: "all", or a list of interface addresses (e.g. ["127.0.0.1"] to keep mDNS on loopback).
+    interfaces: Literal["all"] | list[str] = "all"
+    #: Timeout for fetching a device's capability document over HTTP.
+    fetch_timeout_s: float = Field(default=5, gt=0, le=120)
+
+    @field_validator("interfaces")
+    @classmethod
+    def _addresses(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for addr in v:
+                ipaddress.ip_address(addr)
+        return v
+
+
+class HubConfig(_Section):
+    data_dir: Path = Field(default_factory=lambda: default_data_dir())
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    hub_id: str = Field(default="hub", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    broker: EmbeddedBrokerConfig = Field(default_factory=EmbeddedBrokerConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    zeroconf: ZeroconfConfig = Field(default_factory=ZeroconfConfig)
+    #: Per-plugin sections, validated by each plugin's own model when it loads.
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def default_data_dir() -> Path:
+    if explicit := os.environ.get("SOVEREIGN_DATA_DIR"):
+        return Path(explicit)
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "sovereign"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"] if p not in ("function-after", "function-before"))
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        lines.append(f"{prefix}{path or '<root>'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> HubConfig:
+    try:
+        return HubConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix=f"{source}: ")) from None
+
+
+def load_config(path: Path | None) -> HubConfig:
+    """Load and validate a TOML file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return parse_config({})
+    try:
+        raw = path.expanduser().read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 at byte {exc.start}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(data, source=str(path))

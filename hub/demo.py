@@ -1,0 +1,106 @@
+"""`sovereign demo`: the hub, its own broker and a simulated fleet, with no configuration.
+
+Each device is a real agent process (its own MQTT connection, last will, zeroconf record and
+HTTP endpoint) standing in for a watch, a phone, a laptop or a GPU box through its profile.
+All traffic, mDNS included, stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .config import default_data_dir, parse_config
+from .runtime import Hub
+
+log = logging.getLogger(__name__)
+
+FLEET = ("watch", "phone", "laptop", "gpu-box")
+
+
+class AgentProcess:
+    """One supervised agent subprocess; restarted with backoff if it dies."""
+
+    def __init__(self, profile: str, broker: str) -> None:
+        self.profile = profile
+        self.device_id = f"demo-{profile}"
+        self.broker = broker
+        self.proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "hub", "agent", "--profile", self.profile, "--id", self.device_id,
+                "--name", f"Demo {self.profile}", "--broker", self.broker, "--http-host", "127.0.0.1",
+                "--zeroconf-interface", "127.0.0.1", "--heartbeat-s", "5", "--log-level", "warning"]
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"agent {self.profile}")
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            self.proc = await asyncio.create_subprocess_exec(*self.argv(), stdin=asyncio.subprocess.DEVNULL,
+                                                             stdout=asyncio.subprocess.DEVNULL)
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            log.warning("agent %s exited with %s; restarting in %.0f s", self.device_id, code, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def run_demo(http_port: int = 8700, data_dir: Path | None = None) -> int:
+    data_dir = data_dir or Path(os.environ.get("SOVEREIGN_DEMO_DIR") or default_data_dir().parent / "sovereign-demo")
+    config = parse_config({
+        "data_dir": str(data_dir), "hub_id": "demo",
+        "broker": {"port": 0},
+        "http": {"port": http_port},
+        "zeroconf": {"interfaces": ["127.0.0.1"]},
+        "discovery": {"heartbeat_timeout_s": 15},
+    }, source="demo defaults")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        hub = Hub(config)
+        await hub.__aenter__()
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    agents = [AgentProcess(p, hub.broker_url) for p in FLEET]
+    try:
+        for agent in agents:
+            agent.start()
+        print(f"Sovereign Hub demo is running (data in {data_dir}).\n"
+              f"  API:     {hub.http_url}/api/devices\n"
+              f"  Broker:  {hub.broker_url}\n"
+              f"  Devices: {', '.join(a.device_id for a in agents)} (agent processes)\n"
+              f"Try: sovereign devices{'' if http_port == 8700 else f' --url {hub.http_url}'}   "
+              "— Ctrl-C stops everything.", flush=True)
+        await stop.wait()
+    finally:
+        await asyncio.gather(*(a.stop() for a in agents))
+        await hub.stop()
+    return 0

@@ -1,0 +1,84 @@
+"""Discovery over MQTT: announcements, availability and heartbeats → the device registry.
+
+The handler is synchronous and does no I/O, so it can be driven directly by tests and by
+the broker connection alike. Every payload is validated here, at the edge; anything wrong is
+rejected with the topic and reason, counted, and never reaches the registry.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import ValidationError
+
+from ..capability import Capability, EnergyReport
+from ..config import format_validation_error
+from ..registry import DeviceRegistry
+from ..rejects import Rejections
+from ..topics import TopicError, Topics
+
+
+class MqttDiscovery:
+    def __init__(self, topics: Topics, registry: DeviceRegistry, rejections: Rejections,
+                 max_payload_bytes: int) -> None:
+        self.topics = topics
+        self.registry = registry
+        self.rejections = rejections
+        self.max_payload_bytes = max_payload_bytes
+
+    def handle(self, topic: str, payload: bytes, retained: bool, at: float | None = None) -> None:
+        at = time.time() if at is None else at
+        try:
+            device_id, kind = self.topics.parse_device_topic(topic)
+        except TopicError as exc:
+            self.rejections.reject(f"topic {topic!r}", str(exc))
+            return
+        if kind == "rpc":
+            return  # requests to devices: not discovery's business
+        if not payload:
+            # An empty retained payload withdraws a retained message (we send those ourselves
+            # when a device is deleted). Nothing to record.
+            return
+        if len(payload) > self.max_payload_bytes:
+            self.rejections.reject(f"topic {topic!r}",
+                                   f"payload of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes}")
+            return
+        if kind == "status":
+            self._status(topic, device_id, payload, at)
+        elif kind == "announce":
+            self._announce(topic, device_id, payload, retained, at)
+        elif kind == "energy":
+            self._energy(topic, device_id, payload, at)
+
+    def _status(self, topic: str, device_id: str, payload: bytes, at: float) -> None:
+        if payload not in (b"online", b"offline"):
+            self.rejections.reject(f"topic {topic!r}", f"status must be 'online' or 'offline', got {payload[:40]!r}")
+            return
+        online = payload == b"online"
+        self.registry.liveness(device_id, "mqtt", online, at, "online" if online else "status offline (last will or clean stop)")
+
+    def _announce(self, topic: str, device_id: str, payload: bytes, retained: bool, at: float) -> None:
+        try:
+            cap = Capability.model_validate_json(payload)
+        except ValidationError as exc:
+            self.rejections.reject(f"topic {topic!r}", _describe(exc))
+            return
+        if cap.id != device_id:
+            self.rejections.reject(f"topic {topic!r}", f"payload id {cap.id!r} does not match the topic's id {device_id!r}")
+            return
+        self.registry.announce(cap, "mqtt", at, live=not retained)
+
+    def _energy(self, topic: str, device_id: str, payload: bytes, at: float) -> None:
+        try:
+            report = EnergyReport.model_validate_json(payload)
+        except ValidationError as exc:
+            self.rejections.reject(f"topic {topic!r}", _describe(exc))
+            return
+        if not self.registry.heartbeat(device_id, report, at):
+            self.rejections.reject(f"topic {topic!r}", "energy report from a device that has not announced itself",
+                                   counter="ignored_messages")
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem, with the JSON path; invalid JSON and bad UTF-8 read plainly."""
+    return format_validation_error(exc).replace("\n", "; ")

@@ -1,0 +1,177 @@
+"""The hub runtime: one asyncio program assembling bus, state, registry, broker connection,
+discovery, plugins and the HTTP API, and taking them down again in reverse order.
+
+``async with Hub(config) as hub: ...`` is the whole lifecycle; ``run_hub`` adds signal handling
+for the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from contextlib import AsyncExitStack
+
+import aiomqtt
+from aiohttp import web
+
+from .broker import EmbeddedBroker
+from .bus import EventBus
+from .config import HubConfig
+from .discovery.mqtt import MqttDiscovery
+from .discovery.zeroconf import ZeroconfDiscovery
+from .http_api import make_app
+from .mqtt import Birth, MqttLink, MqttOptions
+from .plugins import PluginManager
+from .registry import DeviceRegistry, DeviceRemoved
+from .rejects import Rejections
+from .state import StateStore
+from .topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.bus = EventBus()
+        self.state = StateStore(self.bus)
+        self.rejections = Rejections(self.state)
+        self.topics = Topics(config.mqtt.topic_root)
+        self.data_dir = config.data_dir.expanduser()
+        self.registry: DeviceRegistry
+        self.mqtt: MqttLink | None = None
+        self.embedded_broker: EmbeddedBroker | None = None
+        self.plugins: PluginManager | None = None
+        self.broker_url = ""
+        self.http_url = ""
+        self.started_monotonic = time.monotonic()
+        self._stack = AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listening_since = 0.0
+
+    async def __aenter__(self) -> "Hub":
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = DeviceRegistry(self.bus, self.data_dir / "registry.sqlite3")
+        self._stack.callback(self.registry.close)
+        # Plugin configs are validated before anything starts, so that a typo fails fast.
+        self.plugins = PluginManager(self.bus, self.state, self.registry, self.data_dir, cfg.plugins)
+
+        url = cfg.mqtt.broker_url()
+        if url is None:
+            self.embedded_broker = await self._stack.enter_async_context(
+                EmbeddedBroker(cfg.broker, self.data_dir))
+            url = self.embedded_broker.url
+        self.broker_url = f"mqtt://{url.host}:{url.port}" if url.scheme == "mqtt" else f"mqtts://{url.host}:{url.port}"
+
+        self.discovery = MqttDiscovery(self.topics, self.registry, self.rejections, cfg.mqtt.max_payload_bytes)
+        opts = MqttOptions(
+            url=url, client_id=cfg.mqtt.client_id or f"sovereign-{cfg.hub_id}", username=cfg.mqtt.username,
+            password=cfg.mqtt.resolved_password(), tls=cfg.mqtt.tls, keepalive_s=cfg.mqtt.keepalive_s,
+            birth=Birth(self.topics.hub_status), subscriptions=[(self.topics.device_wildcard, 1)],
+        )
+        self.mqtt = await self._stack.enter_async_context(
+            MqttLink(opts, self._on_mqtt_message, on_state=self._on_mqtt_state))
+        self.bus.subscribe(DeviceRemoved, self._clear_retained)
+
+        if cfg.zeroconf.enabled:
+            await self._stack.enter_async_context(ZeroconfDiscovery(cfg.zeroconf, self.registry, self.rejections))
+
+        await self.plugins.start()
+        self._stack.push_async_callback(self.plugins.stop)
+
+        runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=2)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on http://{cfg.http.host}:{cfg.http.port}: {exc.strerror} "
+                               "(set http.port, or --http-port)") from None
+        port = runner.addresses[0][1]
+        self.http_url = f"http://{cfg.http.host}:{port}"
+
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="registry housekeeping"))
+        self.started_monotonic = time.monotonic()
+        log.info("hub %s up: API %s, broker %s", cfg.hub_id, self.http_url, self.broker_url)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.bus.drain()
+        await self._stack.aclose()
+
+    # -- MQTT ----------------------------------------------------------------------------------
+
+    def _on_mqtt_message(self, message: aiomqtt.Message) -> None:
+        self.state.count("mqtt_messages")
+        payload = message.payload
+        if not isinstance(payload, (bytes, bytearray)):
+            payload = b"" if payload is None else str(payload).encode()
+        self.discovery.handle(message.topic.value, bytes(payload), bool(message.retain))
+
+    def _on_mqtt_state(self, connected: bool, error: str) -> None:
+        self.state.set("mqtt.connected", connected)
+        if connected:
+            self._listening_since = time.time()
+        if not connected:
+            log.warning("lost the broker (%s); devices keep their last state until it is back", error or "closed")
+
+    async def _clear_retained(self, event: DeviceRemoved) -> None:
+        """A forgotten device must not come back from its own retained announcement."""
+        if self.mqtt is None:
+            return
+        for kind in ("announce", "status"):
+            await self.mqtt.publish(self.topics.device(event.device_id, kind), b"", qos=1, retain=True)
+
+    async def forget_device(self, device_id: str, reason: str) -> bool:
+        removed = self.registry.remove(device_id, reason)
+        if removed:
+            self.registry.flush()
+        return removed
+
+    async def _housekeeping(self) -> None:
+        d = self.config.discovery
+        interval = min(1.0, d.heartbeat_timeout_s / 4)
+        last_flush = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            # Do not time devices out while we cannot hear them: that is our outage, not theirs.
+            if self.mqtt is not None and self.mqtt.connected.is_set():
+                self.registry.expire(time.time(), d.heartbeat_timeout_s, d.forget_after_s,
+                                     listening_since=self._listening_since)
+            if time.monotonic() - last_flush >= 0.5:
+                self.registry.flush()
+                last_flush = time.monotonic()
+
+
+async def run_hub(config: HubConfig, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with Hub(config) as hub:
+        print(f"Sovereign Hub {config.hub_id}: API {hub.http_url}  broker {hub.broker_url}", flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("stopping")

@@ -1,0 +1,52 @@
+"""MQTT topic layout, under a configurable root (default ``sovereign``).
+
+Kept in one place so that the hub, the agent, the firmware docs and the tests agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .capability import is_valid_device_id
+
+DEVICE_KINDS = ("announce", "status", "energy", "rpc")
+
+
+class TopicError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    root: str = "sovereign"
+
+    def __post_init__(self) -> None:
+        if not self.root or any(c in self.root for c in "#+") or self.root.startswith("/") or self.root.endswith("/"):
+            raise ValueError(f"invalid topic root {self.root!r}: no wildcards, no leading or trailing '/'")
+
+    def device(self, device_id: str, kind: str) -> str:
+        return f"{self.root}/device/{device_id}/{kind}"
+
+    @property
+    def device_wildcard(self) -> str:
+        """One subscription for every device topic: extra levels are caught and rejected."""
+        return f"{self.root}/device/#"
+
+    @property
+    def hub_status(self) -> str:
+        return f"{self.root}/hub/status"
+
+    def parse_device_topic(self, topic: str) -> tuple[str, str]:
+        """``<root>/device/<id>/<kind>`` → (id, kind); raises TopicError naming the problem."""
+        prefix = f"{self.root}/device/"
+        if not topic.startswith(prefix):
+            raise TopicError("not a device topic")
+        parts = topic[len(prefix):].split("/")
+        if len(parts) != 2:
+            raise TopicError(f"expected {prefix}<id>/<kind>, got {len(parts)} levels after the prefix")
+        device_id, kind = parts
+        if not is_valid_device_id(device_id):
+            raise TopicError(f"invalid device id {device_id!r} in topic")
+        if kind not in DEVICE_KINDS:
+            raise TopicError(f"unknown device topic kind {kind!r}")
+        return device_id, kind
