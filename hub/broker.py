@@ -104,6 +104,9 @@ class EmbeddedBroker:
         self._proc = await asyncio.create_subprocess_exec(
             binary, "-c", str(self._conf_path),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            # Own process group: a Ctrl-C aimed at the hub must not kill the broker under it;
+            # the hub stops the broker itself, after its clients have said goodbye.
+            start_new_session=True,
         )
         for _ in range(100):
             if port_in_use(self.cfg.host, self.port):

@@ -46,7 +46,8 @@ class AgentProcess:
         backoff = 1.0
         while not self._stopping:
             self.proc = await asyncio.create_subprocess_exec(*self.argv(), stdin=asyncio.subprocess.DEVNULL,
-                                                             stdout=asyncio.subprocess.DEVNULL)
+                                                             stdout=asyncio.subprocess.DEVNULL,
+                                                             start_new_session=True)
             code = await self.proc.wait()
             if self._stopping:
                 return

@@ -76,6 +76,7 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.connect_count = 0
         self.last_error = ""
+        self._closing = False
 
     @property
     def url(self) -> str:
@@ -89,6 +90,7 @@ class MqttLink:
         await self.close()
 
     async def close(self) -> None:
+        self._closing = True
         client = self._client
         if client is not None and self.connected.is_set() and self.opts.birth:
             # A clean stop says so itself: the broker does not send the will on DISCONNECT.
@@ -168,7 +170,7 @@ class MqttLink:
                 self._client = None
                 was = self.connected.is_set()
                 self.connected.clear()
-                if was and self._on_state:
+                if was and self._on_state and not self._closing:
                     self._on_state(False, self.last_error)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.opts.backoff_max_s)

@@ -1,0 +1,178 @@
+"""Shared fixtures: a real Mosquitto per test, in-process hubs, real agent processes.
+
+Everything listens on 127.0.0.1 on free ports; zeroconf is bound to 127.0.0.1 so multicast never
+leaves the loopback interface. Each test uses its own device ids so that mDNS caches of one test
+cannot leak into the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub.broker import free_port, port_in_use
+from hub.config import parse_config
+from hub.runtime import Hub
+
+ROOT = Path(__file__).resolve().parent.parent
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+class Mosquitto:
+    """A real broker on a free loopback port. ``restart()`` keeps the port."""
+
+    def __init__(self, workdir: Path, extra_conf: str = "", port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.extra_conf = extra_conf
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        conf = self.workdir / f"mosquitto-{self.port}.conf"
+        listener = self.extra_conf if "listener" in self.extra_conf else f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{self.extra_conf}"
+        conf.write_text(f"{listener}\npersistence false\nlog_dest stderr\nlog_type error\n"
+                        f"max_queued_messages 100000\nuser {os.environ.get('USER') or 'root'}\n")
+        self.log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=self.log, stderr=self.log,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 5
+        while not port_in_use(self.host, self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not start: {(self.workdir / f'mosquitto-{self.port}.log').read_text()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Any:
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def hub_config(tmp_path: Path, broker_url: str | None, **overrides: Any) -> Any:
+    data: dict[str, Any] = {
+        "data_dir": str(tmp_path / "hub-data"),
+        "http": {"port": 0},
+        "zeroconf": {"interfaces": ["127.0.0.1"]},
+    }
+    if broker_url:
+        data["mqtt"] = {"url": broker_url}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            data.setdefault(key, {}).update(value)
+        else:
+            data[key] = value
+    return parse_config(data, source="test")
+
+
+@pytest.fixture
+def make_hub(tmp_path: Path) -> Callable[..., Any]:
+    """``async with make_hub(broker_url, discovery={...}) as hub: ...``"""
+
+    @asynccontextmanager
+    async def factory(broker_url: str | None, **overrides: Any) -> AsyncIterator[Hub]:
+        async with Hub(hub_config(tmp_path, broker_url, **overrides)) as hub:
+            if hub.mqtt is not None:
+                await hub.mqtt.wait_connected(10)
+            yield hub
+
+    return factory
+
+
+class AgentProc:
+    def __init__(self, argv: list[str], device_id: str) -> None:
+        self.device_id = device_id
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     start_new_session=True)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            return "(still running)"
+        return (self.proc.stdout.read() if self.proc.stdout else b"").decode(errors="replace")
+
+
+@pytest.fixture
+def spawn_agent() -> Any:
+    """Start a real ``sovereign agent`` process; all are stopped at teardown."""
+    procs: list[AgentProc] = []
+
+    def spawn(broker_url: str = "mqtt://127.0.0.1:1", profile: str = "laptop", device_id: str | None = None,
+              *extra: str) -> AgentProc:
+        device_id = device_id or f"t-{profile}-{uuid.uuid4().hex[:8]}"
+        argv = [sys.executable, "-m", "hub", "agent", "--profile", profile, "--id", device_id, "--broker", broker_url,
+                "--http-host", "127.0.0.1", "--zeroconf-interface", "127.0.0.1", "--log-level", "warning", *extra]
+        proc = AgentProc(argv, device_id)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for p in procs:
+        p.terminate()
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+                   what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def scratch() -> Any:
+    d = Path(tempfile.mkdtemp(prefix="sovereign-test-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
