@@ -188,9 +188,14 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         path = ".".join(str(p) for p in err["loc"] if p not in ("function-after", "function-before"))
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        shown = "" if isinstance(got, (dict, list, bytes)) or got is None else f" (got {_short(got)})"
         lines.append(f"{prefix}{path or '<root>'}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> HubConfig:

@@ -42,7 +42,6 @@ def make_app(hub: "Hub") -> web.Application:
             raise
 
     app = web.Application(middlewares=[errors, auth], client_max_size=1024 * 1024)
-    app["hub"] = hub
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response(health_document(hub))

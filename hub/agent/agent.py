@@ -196,8 +196,14 @@ class Agent:
                         "http_port": str(self.http_port)},
             server=f"{o.device_id}.local.",
         )
-        await azc.async_register_service(info, allow_name_change=False)
-        self._stack.push_async_callback(azc.async_unregister_service, info)
+        # Both calls return a task that does the announcing (probing takes ~1.2 s): await it so
+        # that a name conflict is reported and the goodbye is really sent before we close.
+        await (await azc.async_register_service(info, allow_name_change=False))
+
+        async def unregister() -> None:
+            await (await azc.async_unregister_service(info))
+
+        self._stack.push_async_callback(unregister)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

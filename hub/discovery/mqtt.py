@@ -43,6 +43,11 @@ class MqttDiscovery:
             self.rejections.reject(f"topic {topic!r}",
                                    f"payload of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes}")
             return
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.rejections.reject(f"topic {topic!r}", f"payload is not valid UTF-8 (byte {exc.start})")
+            return
         if kind == "status":
             self._status(topic, device_id, payload, at)
         elif kind == "announce":

@@ -1,0 +1,89 @@
+"""The agent answers requests on its RPC topic: MQTT 5 response topic + correlation data,
+MQTT 3.1.1 ``reply_to`` in the payload, and mosquitto_rr from mosquitto-clients."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import uuid
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .conftest import wait_for
+
+
+def _client(port: int, protocol: int) -> tuple[paho.Client, "queue.Queue[paho.MQTTMessage]"]:
+    q: queue.Queue[paho.MQTTMessage] = queue.Queue()
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"rpc-{uuid.uuid4().hex[:6]}", protocol=protocol)
+    c.on_message = lambda _c, _u, m: q.put(m)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c, q
+
+
+async def _online(make_hub: Any, mosquitto: Any, spawn_agent: Any) -> Any:
+    agent = spawn_agent(mosquitto.url, "watch", None, "--no-zeroconf")
+    return agent
+
+
+async def test_rpc_v5_with_correlation(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        agent = spawn_agent(mosquitto.url, "watch", None, "--no-zeroconf")
+        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 15, what="agent online")
+    c, q = _client(mosquitto.port, paho.MQTTv5)
+    c.subscribe("sovereign/test/replies", qos=1)
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = "sovereign/test/replies"
+    props.CorrelationData = b"corr-1"
+    c.publish(f"sovereign/device/{agent.device_id}/rpc",
+              json.dumps({"v": 1, "id": "r1", "method": "echo", "params": {"hello": "world"}}), qos=1, properties=props)
+    msg = q.get(timeout=5)
+    body = json.loads(msg.payload)
+    assert msg.properties.CorrelationData == b"corr-1"
+    assert body["ok"] and body["id"] == "r1" and body["result"] == {"echo": {"hello": "world"}}
+    assert body["timings"]["compute_ms"] >= 0
+    # Errors come back with a code and a message.
+    c.publish(f"sovereign/device/{agent.device_id}/rpc", json.dumps({"v": 1, "id": "r2", "method": "dance"}),
+              qos=1, properties=props)
+    err = json.loads(q.get(timeout=5).payload)
+    assert not err["ok"] and err["error"]["code"] == "unknown_method"
+    c.publish(f"sovereign/device/{agent.device_id}/rpc", b"{not json", qos=1, properties=props)
+    err = json.loads(q.get(timeout=5).payload)
+    assert not err["ok"] and err["error"]["code"] == "bad_request" and "JSON" in err["error"]["message"]
+    c.loop_stop()
+
+
+async def test_rpc_v311_reply_to_and_root_confinement(mosquitto: Any, spawn_agent: Any, make_hub: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        agent = spawn_agent(mosquitto.url, "phone", None, "--no-zeroconf")
+        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 15, what="agent online")
+    c, q = _client(mosquitto.port, paho.MQTTv311)
+    c.subscribe("sovereign/test/v311", qos=1)
+    c.subscribe("elsewhere/replies", qos=1)
+    c.publish(f"sovereign/device/{agent.device_id}/rpc",
+              json.dumps({"v": 1, "id": "h1", "method": "health", "reply_to": "elsewhere/replies"}), qos=1)
+    c.publish(f"sovereign/device/{agent.device_id}/rpc",
+              json.dumps({"v": 1, "id": "h2", "method": "health", "reply_to": "sovereign/test/v311"}), qos=1)
+    msg = q.get(timeout=5)
+    assert msg.topic == "sovereign/test/v311", "no answer may go outside the topic root"
+    body = json.loads(msg.payload)
+    assert body["id"] == "h2" and body["result"]["device_id"] == agent.device_id
+    assert q.empty()
+    c.loop_stop()
+
+
+async def test_rpc_with_mosquitto_rr(mosquitto: Any, spawn_agent: Any, make_hub: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        agent = spawn_agent(mosquitto.url, "laptop", None, "--no-zeroconf")
+        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 15, what="agent online")
+    out = subprocess.run(
+        ["mosquitto_rr", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "mqttv5", "-q", "1",
+         "-t", f"sovereign/device/{agent.device_id}/rpc", "-e", "sovereign/test/rr", "-W", "5",
+         "-m", json.dumps({"v": 1, "id": "rr1", "method": "echo", "params": {"n": 1}})],
+        capture_output=True, timeout=10, check=True)
+    assert json.loads(out.stdout)["result"] == {"echo": {"n": 1}}
