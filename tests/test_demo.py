@@ -1,0 +1,48 @@
+"""`sovereign demo` then `sovereign devices --json`: three tiers within 10 s, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from hub.broker import free_port
+
+from .conftest import ROOT
+
+
+def test_demo_shows_three_tiers_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "SOVEREIGN_DEMO_DIR": str(tmp_path / "demo")}
+    demo = subprocess.Popen([sys.executable, "-m", "hub", "demo", "--http-port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        started = time.monotonic()
+        devices: list[dict] = []
+        while time.monotonic() - started < 10:
+            out = subprocess.run([sys.executable, "-m", "hub", "devices", "--json", "--url", f"http://127.0.0.1:{port}"],
+                                 capture_output=True, text=True, cwd=ROOT)
+            if out.returncode == 0:
+                devices = [d for d in json.loads(out.stdout)["devices"] if d["online"]]
+                if len({d["tier"] for d in devices}) >= 3:
+                    break
+            time.sleep(0.3)
+        assert len({d["tier"] for d in devices}) >= 3, f"tiers seen in 10 s: {devices}"
+        assert len(devices) >= 3
+        children = psutil.Process(demo.pid).children(recursive=True)
+        assert len(children) >= 5, "broker + four agent processes"
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(20) == 0
+        output = demo.stdout.read() if demo.stdout else ""
+        assert "Broker:  mqtt://127.0.0.1:" in output and f"http://127.0.0.1:{port}" in output
+        gone, alive = psutil.wait_procs(children, timeout=5)
+        assert not alive, f"left behind: {alive}"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
