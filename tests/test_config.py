@@ -67,3 +67,12 @@ def test_cli_reports_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["run", "--config", str(write(tmp_path, "[http]\nport = \"eighty\"\n"))]) == 2
     err = capsys.readouterr().err
     assert "http.port: Input should be a valid integer" in err
+
+
+def test_shipped_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOVEREIGN_TOKEN", raising=False)
+    example = Path(__file__).resolve().parent.parent / "examples" / "hub.toml"
+    cfg = load_config(example)
+    defaults = load_config(None)
+    assert cfg.model_dump(exclude={"data_dir", "plugins"}) == defaults.model_dump(exclude={"data_dir", "plugins"})
+    assert cfg.plugins["ollama"]["poll_interval_s"] == 30

@@ -22,7 +22,7 @@ import psutil
 from aiohttp import web
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from zeroconf.asyncio import AsyncServiceInfo
 
 from .. import __version__
@@ -31,6 +31,7 @@ from ..config import BrokerUrl, TlsConfig, format_validation_error
 from ..mdns import SERVICE_TYPE, open_zeroconf
 from ..mqtt import Birth, MqttLink, MqttOptions
 from ..ollama_models import list_ollama_models
+from ..rpc import RpcErrorBody, RpcRequest, RpcResponse, RpcTimings
 from ..topics import Topics
 from .hardware import detect_hardware, detect_power
 from .profiles import PROFILES
@@ -63,16 +64,6 @@ class AgentOptions:
     active_w: float | None = None
     battery_pct: float | None = None
     extra_models: list[ModelSpec] = field(default_factory=list)
-
-
-class RpcRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    v: int = PROTOCOL_VERSION
-    id: str = Field(min_length=1, max_length=128)
-    method: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict)
-    #: MQTT 3.1.1 clients have no response-topic property: they name it here.
-    reply_to: str | None = Field(default=None, max_length=512)
 
 
 def local_tflite_models(models_dir: Path | None) -> list[ModelSpec]:
@@ -261,12 +252,11 @@ class Agent:
                 result = await self._call(req)
             finally:
                 self.active -= 1
-            body: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": req.id, "ok": True, "result": result,
-                                    "timings": {"queue_ms": round((started - received) * 1000, 3),
-                                                "compute_ms": round((time.perf_counter() - started) * 1000, 3)}}
+            body = RpcResponse(id=req.id, ok=True, result=result, timings=RpcTimings(
+                queue_ms=round((started - received) * 1000, 3),
+                compute_ms=round((time.perf_counter() - started) * 1000, 3)))
         except _RpcError as exc:
-            body = {"v": PROTOCOL_VERSION, "id": request_id, "ok": False,
-                    "error": {"code": exc.code, "message": exc.message}}
+            body = RpcResponse(id=request_id, ok=False, error=RpcErrorBody(code=exc.code, message=exc.message))
             log.warning("rpc rejected: %s", exc.message)
         if not response_topic:
             return  # nowhere to answer; logged above if it was an error
@@ -278,7 +268,7 @@ class Agent:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation
         if self.mqtt is not None:
-            await self.mqtt.publish(response_topic, json.dumps(body), qos=1, properties=props)
+            await self.mqtt.publish(response_topic, body.model_dump_json(exclude_none=True), qos=1, properties=props)
 
     async def _call(self, req: RpcRequest) -> dict[str, Any]:
         if req.method == "health":
