@@ -179,12 +179,12 @@ class DeviceRegistry:
             return  # the same retained document again: nothing to do
         rec.sources.setdefault(source, False)
         self._dirty.add(cap.id)
+        self._bus.publish(DeviceChanged(cap.id, added=added, online=rec.online))
         pending = self._pending_liveness.pop(cap.id, None)
         if live:
             self._set_source(rec, source, True, at, "announced")
         elif pending is not None:
             self._set_source(rec, pending[0], pending[1], pending[2], "status before announcement")
-        self._bus.publish(DeviceChanged(cap.id, added=added, online=rec.online))
 
     def liveness(self, device_id: str, source: str, online: bool, at: float | None = None, reason: str = "") -> None:
         at = time.time() if at is None else at
