@@ -26,15 +26,16 @@ def _client(port: int, protocol: int) -> tuple[paho.Client, "queue.Queue[paho.MQ
     return c, q
 
 
-async def _online(make_hub: Any, mosquitto: Any, spawn_agent: Any) -> Any:
-    agent = spawn_agent(mosquitto.url, "watch", None, "--no-zeroconf")
+async def online_agent(make_hub: Any, mosquitto: Any, spawn_agent: Any, profile: str) -> Any:
+    """A real agent process, seen online by a hub (so its RPC subscription is in place)."""
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        agent = spawn_agent(mosquitto.url, profile, None, "--no-zeroconf")
+        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 15, what="agent online")
     return agent
 
 
 async def test_rpc_v5_with_correlation(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
-    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
-        agent = spawn_agent(mosquitto.url, "watch", None, "--no-zeroconf")
-        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 15, what="agent online")
+    agent = await online_agent(make_hub, mosquitto, spawn_agent, "watch")
     c, q = _client(mosquitto.port, paho.MQTTv5)
     c.subscribe("sovereign/test/replies", qos=1)
     props = Properties(PacketTypes.PUBLISH)
@@ -59,9 +60,7 @@ async def test_rpc_v5_with_correlation(mosquitto: Any, make_hub: Any, spawn_agen
 
 
 async def test_rpc_v311_reply_to_and_root_confinement(mosquitto: Any, spawn_agent: Any, make_hub: Any) -> None:
-    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
-        agent = spawn_agent(mosquitto.url, "phone", None, "--no-zeroconf")
-        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 15, what="agent online")
+    agent = await online_agent(make_hub, mosquitto, spawn_agent, "phone")
     c, q = _client(mosquitto.port, paho.MQTTv311)
     c.subscribe("sovereign/test/v311", qos=1)
     c.subscribe("elsewhere/replies", qos=1)
@@ -78,9 +77,7 @@ async def test_rpc_v311_reply_to_and_root_confinement(mosquitto: Any, spawn_agen
 
 
 async def test_rpc_with_mosquitto_rr(mosquitto: Any, spawn_agent: Any, make_hub: Any) -> None:
-    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
-        agent = spawn_agent(mosquitto.url, "laptop", None, "--no-zeroconf")
-        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 15, what="agent online")
+    agent = await online_agent(make_hub, mosquitto, spawn_agent, "laptop")
     out = subprocess.run(
         ["mosquitto_rr", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "mqttv5", "-q", "1",
          "-t", f"sovereign/device/{agent.device_id}/rpc", "-e", "sovereign/test/rr", "-W", "5",
