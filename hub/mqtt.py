@@ -1,26 +1,42 @@
-"""A supervised MQTT connection shared by the hub and the agent.
+"""A supervised MQTT 5 connection shared by the hub and the agent: paho-mqtt driven by asyncio.
 
-aiomqtt gives one connection per ``async with``; this wraps it in a reconnect loop with
-exponential backoff that re-subscribes and re-publishes the birth message (and whatever the
-owner's ``on_connect`` does, such as a retained announcement) after every reconnect, so that
-a broker restart is invisible to the rest of the code.
+paho does the protocol; the event loop does the I/O (``add_reader``/``add_writer`` on paho's
+socket, ``loop_misc`` once a second for keep-alive), and every incoming message goes straight to
+the owner's synchronous handler in the loop thread — no queue, no task per message. (aiomqtt
+does the same I/O, but its message iterator costs a task and an ``asyncio.wait`` per message,
+which tripled the hub's time in an announce storm.)
+
+Around one connection sits a reconnect loop with exponential backoff that re-subscribes and
+re-publishes the birth message (and whatever the owner's ``on_connect`` does, such as a retained
+announcement) after every reconnect, so that a broker restart is invisible to the rest of the
+code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 
 from .config import BrokerUrl, TlsConfig
 
 log = logging.getLogger(__name__)
+
+Message = paho.MQTTMessage
+
+
+class MqttError(Exception):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +59,7 @@ class MqttOptions:
     birth: Birth | None = None
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
     backoff_max_s: float = 10.0
-    #: Messages the broker may queue for us; raised from paho's default for announce storms.
-    max_queued_incoming: int = 0
+    connect_timeout_s: float = 10.0
 
 
 def _tls_context(tls: TlsConfig | None, scheme: str) -> ssl.SSLContext | None:
@@ -58,7 +73,176 @@ def _tls_context(tls: TlsConfig | None, scheme: str) -> ssl.SSLContext | None:
     return ctx
 
 
-MessageHandler = Callable[[aiomqtt.Message], None]
+MessageHandler = Callable[[Message], None]
+
+
+class _Connection:
+    """One paho client on one socket, its I/O driven by the event loop."""
+
+    def __init__(self, opts: MqttOptions, on_message: MessageHandler) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.connack: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[str] = self.loop.create_future()
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._misc: asyncio.Task[None] | None = None
+        self._sock: Any = None
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=opts.client_id or "", protocol=paho.MQTTv5)
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        if opts.username is not None:
+            c.username_pw_set(opts.username, opts.password)
+        if opts.birth is not None:
+            c.will_set(opts.birth.topic, opts.birth.offline, qos=1, retain=True)
+        ctx = _tls_context(opts.tls, opts.url.scheme)
+        if ctx is not None:
+            c.tls_set_context(ctx)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
+        c.on_message = lambda _c, _u, message: on_message(message)
+        c.on_socket_open = lambda _c, _u, sock: self._in_loop(self._socket_open, sock)
+        c.on_socket_close = lambda _c, _u, sock: self._in_loop(self._socket_close, sock)
+        c.on_socket_register_write = lambda _c, _u, sock: self._in_loop(self._writer, sock, True)
+        c.on_socket_unregister_write = lambda _c, _u, sock: self._in_loop(self._writer, sock, False)
+        self.client = c
+
+    # paho calls the socket hooks from the executor thread during connect(), from the loop after.
+    def _in_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def _socket_open(self, sock: Any) -> None:
+        self._sock = sock
+        self.loop.add_reader(sock, self._read)
+        self._misc = self.loop.create_task(self._misc_loop())
+
+    def _socket_close(self, sock: Any) -> None:
+        try:
+            self.loop.remove_reader(sock)
+            self.loop.remove_writer(sock)
+        except (ValueError, OSError):  # already closed
+            pass
+        if self._misc is not None:
+            self._misc.cancel()
+
+    def _writer(self, sock: Any, on: bool) -> None:
+        if sock.fileno() < 0:
+            return
+        if on:
+            self.loop.add_writer(sock, self._write)
+        else:
+            self.loop.remove_writer(sock)
+
+    def _read(self) -> None:
+        # paho reads one packet per loop_read(). Keep reading while bytes are waiting, so that a
+        # burst costs one trip through the event loop instead of one per packet. An SSL socket
+        # may also hold decoded bytes that epoll cannot see.
+        for _ in range(256):
+            self.client.loop_read()
+            sock = self.client.socket()
+            if sock is None:
+                return
+            if isinstance(sock, ssl.SSLSocket):
+                if sock.pending() > 0:
+                    continue
+                return
+            try:
+                if not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return  # EOF: the next readable event lets paho see it
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+
+    def _write(self) -> None:
+        self.client.loop_write()
+
+    async def _misc_loop(self) -> None:
+        while self.client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            await asyncio.sleep(1)
+
+    # -- protocol callbacks (loop thread) -------------------------------------------------------
+
+    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if self.connack.done():
+            return
+        if reason.is_failure:
+            self.connack.set_exception(MqttError(f"broker refused the connection: {reason}"))
+        else:
+            self.connack.set_result(None)
+
+    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        text = str(reason)
+        if not self.connack.done():
+            self.connack.set_exception(MqttError(f"disconnected before CONNACK: {text}"))
+        if not self.closed.done():
+            self.closed.set_result(text)
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.set_exception(MqttError(f"connection lost: {text}"))
+        self._acks.clear()
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, reasons: list[Any], _props: Any) -> None:
+        fut = self._acks.pop(mid, None)
+        if fut is not None and not fut.done():
+            failed = [str(r) for r in reasons if r.is_failure]
+            fut.set_exception(MqttError(f"subscription refused: {failed}")) if failed else fut.set_result(None)
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
+        fut = self._acks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def connect(self, opts: MqttOptions) -> None:
+        # connect() resolves the name and opens the TCP/TLS socket: blocking, so off the loop.
+        rc = await self.loop.run_in_executor(None, functools.partial(
+            self.client.connect, opts.url.host, opts.url.port, opts.keepalive_s, clean_start=True))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttError(f"connect failed: {paho.error_string(rc)}")
+        await asyncio.wait_for(asyncio.shield(self.connack), opts.connect_timeout_s)
+
+    def _ack(self, mid: int) -> asyncio.Future[Any]:
+        fut = self.loop.create_future()
+        self._acks[mid] = fut
+        return fut
+
+    async def subscribe(self, topic: str, qos: int) -> None:
+        rc, mid = self.client.subscribe(topic, qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttError(f"subscribe to {topic} failed: {paho.error_string(rc)}")
+        await asyncio.wait_for(self._ack(mid), 10)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int, retain: bool,
+                properties: Properties | None) -> asyncio.Future[Any] | None:
+        """Queue a publish; returns a future resolved on PUBACK (QoS > 0), or None on failure."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        if qos == 0:
+            done = self.loop.create_future()
+            done.set_result(None)
+            return done
+        if info.is_published():
+            done = self.loop.create_future()
+            done.set_result(None)
+            return done
+        return self._ack(info.mid)
+
+    def close(self) -> None:
+        if self.client.socket() is not None:
+            self.client.disconnect()
+        sock = self._sock
+        if sock is not None:
+            self._socket_close(sock)
+        for fut in (self.connack, self.closed):
+            if not fut.done():
+                fut.cancel()
 
 
 class MqttLink:
@@ -71,7 +255,7 @@ class MqttLink:
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_state = on_state
-        self._client: aiomqtt.Client | None = None
+        self._conn: _Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.connect_count = 0
@@ -91,14 +275,9 @@ class MqttLink:
 
     async def close(self) -> None:
         self._closing = True
-        client = self._client
-        if client is not None and self.connected.is_set() and self.opts.birth:
+        if self.connected.is_set() and self.opts.birth:
             # A clean stop says so itself: the broker does not send the will on DISCONNECT.
-            try:
-                await asyncio.wait_for(
-                    client.publish(self.opts.birth.topic, self.opts.birth.offline, qos=1, retain=True), 2)
-            except (aiomqtt.MqttError, asyncio.TimeoutError):
-                pass
+            await self.publish(self.opts.birth.topic, self.opts.birth.offline, qos=1, retain=True, wait_s=2)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -111,65 +290,64 @@ class MqttLink:
         await asyncio.wait_for(self.connected.wait(), timeout)
 
     async def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
-                      properties: Properties | None = None) -> bool:
-        """Publish if connected; returns False (and drops the message) otherwise."""
-        client = self._client
-        if client is None or not self.connected.is_set():
+                      properties: Properties | None = None, wait_s: float | None = None) -> bool:
+        """Publish if connected; returns False (and drops the message) otherwise. With
+        ``wait_s``, waits that long for the broker's acknowledgement (QoS > 0)."""
+        conn = self._conn
+        if conn is None or not self.connected.is_set():
             return False
-        try:
-            await client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
-            return True
-        except aiomqtt.MqttError as exc:
-            log.debug("publish to %s failed: %s", topic, exc)
+        ack = conn.publish(topic, payload, qos, retain, properties)
+        if ack is None:
             return False
+        if wait_s is not None:
+            try:
+                await asyncio.wait_for(ack, wait_s)
+            except (MqttError, asyncio.TimeoutError):
+                return False
+        return True
 
     async def subscribe(self, topic: str, qos: int = 0) -> None:
         """Subscribe now (if connected) and after every reconnect."""
         if (topic, qos) not in self.opts.subscriptions:
             self.opts.subscriptions.append((topic, qos))
-        if self._client is not None and self.connected.is_set():
-            await self._client.subscribe(topic, qos)
+        if self._conn is not None and self.connected.is_set():
+            await self._conn.subscribe(topic, qos)
 
-    def _client_kwargs(self) -> dict[str, Any]:
-        o = self.opts
-        will = aiomqtt.Will(o.birth.topic, o.birth.offline, qos=1, retain=True) if o.birth else None
-        return dict(
-            hostname=o.url.host, port=o.url.port, identifier=o.client_id, username=o.username,
-            password=o.password, keepalive=o.keepalive_s, will=will,
-            protocol=aiomqtt.ProtocolVersion.V5, tls_context=_tls_context(o.tls, o.url.scheme),
-            max_queued_incoming_messages=o.max_queued_incoming, timeout=10,
-        )
+    def _handle(self, message: Message) -> None:
+        try:
+            self._on_message(message)
+        except Exception:  # a handler bug must not take the connection down
+            log.exception("MQTT handler failed on %s", message.topic)
 
     async def _run(self) -> None:
         backoff = 0.2
         while True:
+            conn = _Connection(self.opts, self._handle)
             try:
-                async with aiomqtt.Client(**self._client_kwargs()) as client:
-                    self._client = client
-                    for topic, qos in self.opts.subscriptions:
-                        await client.subscribe(topic, qos)
-                    if self.opts.birth:
-                        await client.publish(self.opts.birth.topic, self.opts.birth.online, qos=1, retain=True)
-                    self.connect_count += 1
-                    self.connected.set()
-                    self.last_error = ""
-                    if self._on_state:
-                        self._on_state(True, "")
-                    if self._on_connect is not None:
-                        await self._on_connect(self)
-                    backoff = 0.2
-                    async for message in client.messages:
-                        try:
-                            self._on_message(message)
-                        except Exception:  # a handler bug must not take the connection down
-                            log.exception("MQTT handler failed on %s", message.topic)
-            except aiomqtt.MqttError as exc:
-                self.last_error = str(exc)
-                log.warning("MQTT %s: %s; reconnecting in %.1f s", self.url, exc, backoff)
+                await conn.connect(self.opts)
+                self._conn = conn
+                for topic, qos in self.opts.subscriptions:
+                    await conn.subscribe(topic, qos)
+                if self.opts.birth:
+                    conn.publish(self.opts.birth.topic, self.opts.birth.online, 1, True, None)
+                self.connect_count += 1
+                self.connected.set()
+                self.last_error = ""
+                if self._on_state:
+                    self._on_state(True, "")
+                if self._on_connect is not None:
+                    await self._on_connect(self)
+                backoff = 0.2
+                reason = await conn.closed
+                raise MqttError(f"connection lost: {reason}")
+            except (MqttError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                log.warning("MQTT %s: %s; reconnecting in %.1f s", self.url, self.last_error, backoff)
             finally:
-                self._client = None
+                self._conn = None
                 was = self.connected.is_set()
                 self.connected.clear()
+                conn.close()
                 if was and self._on_state and not self._closing:
                     self._on_state(False, self.last_error)
             await asyncio.sleep(backoff)

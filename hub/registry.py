@@ -14,9 +14,11 @@ failed Ollama poll clears only its own flag.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,9 +94,11 @@ class DeviceRegistry:
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._db: sqlite3.Connection | None = None
+        self._write_lock = threading.Lock()
         if db_path is not None:
             db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(db_path)
+            # Written from one worker thread at a time (see _write_lock), read only at start.
+            self._db = sqlite3.connect(db_path, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
@@ -123,23 +127,41 @@ class DeviceRegistry:
                                                     "not seen since the hub started", energy, energy_at)
         log.info("registry: loaded %d devices", len(self._devices))
 
-    def flush(self) -> None:
-        """Write changed entries in one transaction."""
-        if self._db is None or not (self._dirty or self._deleted):
-            self._dirty.clear()
-            return
+    def _collect(self) -> tuple[list[tuple[Any, ...]], list[str]]:
+        """Snapshot what changed (cheap, in the loop). The models are frozen, so they can be
+        serialized later in another thread; the mutable fields are copied here."""
         rows = []
         for device_id in self._dirty:
             rec = self._devices.get(device_id)
             if rec is not None:
-                rows.append((device_id, rec.capability.model_dump_json(), json.dumps(sorted(rec.sources)),
-                             rec.first_seen, rec.last_seen,
-                             rec.energy.model_dump_json() if rec.energy else None, rec.energy_at))
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO devices VALUES (?,?,?,?,?,?,?)", rows)
-            self._db.executemany("DELETE FROM devices WHERE id = ?", [(d,) for d in self._deleted])
+                rows.append((device_id, rec.capability, sorted(rec.sources), rec.first_seen, rec.last_seen,
+                             rec.energy, rec.energy_at))
+        deleted = list(self._deleted)
         self._dirty.clear()
         self._deleted.clear()
+        return rows, deleted
+
+    def _write(self, batch: tuple[list[tuple[Any, ...]], list[str]]) -> None:
+        rows, deleted = batch
+        if self._db is None or not (rows or deleted):
+            return
+        encoded = [(i, cap.model_dump_json(), json.dumps(src), first, last,
+                    energy.model_dump_json() if energy else None, energy_at)
+                   for i, cap, src, first, last, energy, energy_at in rows]
+        with self._write_lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO devices VALUES (?,?,?,?,?,?,?)", encoded)
+            self._db.executemany("DELETE FROM devices WHERE id = ?", [(d,) for d in deleted])
+
+    def flush(self) -> None:
+        """Write changed entries in one transaction, now."""
+        self._write(self._collect())
+
+    async def flush_async(self) -> None:
+        """The same, with serialization and SQLite in a worker thread so that an announce storm
+        is not paused by its own persistence."""
+        batch = self._collect()
+        if batch[0] or batch[1]:
+            await asyncio.to_thread(self._write, batch)
 
     def close(self) -> None:
         self.flush()
@@ -179,12 +201,15 @@ class DeviceRegistry:
             return  # the same retained document again: nothing to do
         rec.sources.setdefault(source, False)
         self._dirty.add(cap.id)
-        self._bus.publish(DeviceChanged(cap.id, added=added, online=rec.online))
         pending = self._pending_liveness.pop(cap.id, None)
+        changed = False
         if live:
-            self._set_source(rec, source, True, at, "announced")
+            changed = self._set_source(rec, source, True, at, "announced", added=added)
         elif pending is not None:
-            self._set_source(rec, pending[0], pending[1], pending[2], "status before announcement")
+            changed = self._set_source(rec, pending[0], pending[1], pending[2], "status before announcement",
+                                       added=added)
+        if not changed:
+            self._bus.publish(DeviceChanged(cap.id, added=added, online=rec.online))
 
     def liveness(self, device_id: str, source: str, online: bool, at: float | None = None, reason: str = "") -> None:
         at = time.time() if at is None else at
@@ -239,8 +264,10 @@ class DeviceRegistry:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _set_source(self, rec: DeviceRecord, source: str, online: bool, at: float, reason: str) -> bool:
-        """Apply one source's verdict; returns True when the device's online state changed."""
+    def _set_source(self, rec: DeviceRecord, source: str, online: bool, at: float, reason: str,
+                    added: bool = False) -> bool:
+        """Apply one source's verdict; returns True (and publishes the change) when the device's
+        online state changed."""
         if online:
             rec.last_seen = max(rec.last_seen, at)
             rec.source_seen[source] = at
@@ -255,5 +282,6 @@ class DeviceRegistry:
         if not now_online:
             rec.offline_reason = f"{source}: {reason}"
         self._dirty.add(rec.id)
-        self._bus.publish(DeviceChanged(rec.id, online_changed=True, online=now_online, reason=f"{source}: {reason}"))
+        self._bus.publish(DeviceChanged(rec.id, added=added, online_changed=True, online=now_online,
+                                        reason=f"{source}: {reason}"))
         return True

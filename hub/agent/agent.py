@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import aiomqtt
 import psutil
 from aiohttp import web
 from paho.mqtt.packettypes import PacketTypes
@@ -29,7 +28,7 @@ from .. import __version__
 from ..capability import PROTOCOL_VERSION, Capability, Endpoints, EnergyReport, Load, ModelSpec, Power, Tier
 from ..config import BrokerUrl, TlsConfig, format_validation_error
 from ..mdns import SERVICE_TYPE, open_zeroconf
-from ..mqtt import Birth, MqttLink, MqttOptions
+from ..mqtt import Birth, Message, MqttLink, MqttOptions
 from ..ollama_models import list_ollama_models
 from ..rpc import RpcErrorBody, RpcRequest, RpcResponse, RpcTimings
 from ..topics import Topics
@@ -227,8 +226,8 @@ class Agent:
             await asyncio.sleep(self.opts.heartbeat_s)
             await self._publish_energy()
 
-    def _on_message(self, message: aiomqtt.Message) -> None:
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+    def _on_message(self, message: Message) -> None:
+        payload = message.payload
         props = getattr(message, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None)
         correlation = getattr(props, "CorrelationData", None)

@@ -17,6 +17,10 @@ from ..registry import DeviceRegistry
 from ..rejects import Rejections
 from ..topics import TopicError, Topics
 
+# The validators themselves: one call less per message than Model.model_validate_json.
+_CAPABILITY = Capability.__pydantic_validator__
+_ENERGY = EnergyReport.__pydantic_validator__
+
 
 class MqttDiscovery:
     def __init__(self, topics: Topics, registry: DeviceRegistry, rejections: Rejections,
@@ -43,11 +47,6 @@ class MqttDiscovery:
             self.rejections.reject(f"topic {topic!r}",
                                    f"payload of {len(payload)} bytes exceeds the limit of {self.max_payload_bytes}")
             return
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            self.rejections.reject(f"topic {topic!r}", f"payload is not valid UTF-8 (byte {exc.start})")
-            return
         if kind == "status":
             self._status(topic, device_id, payload, at)
         elif kind == "announce":
@@ -64,9 +63,9 @@ class MqttDiscovery:
 
     def _announce(self, topic: str, device_id: str, payload: bytes, retained: bool, at: float) -> None:
         try:
-            cap = Capability.model_validate_json(payload)
+            cap = _CAPABILITY.validate_json(payload)
         except ValidationError as exc:
-            self.rejections.reject(f"topic {topic!r}", _describe(exc))
+            self.rejections.reject(f"topic {topic!r}", _describe(exc, payload))
             return
         if cap.id != device_id:
             self.rejections.reject(f"topic {topic!r}", f"payload id {cap.id!r} does not match the topic's id {device_id!r}")
@@ -75,15 +74,20 @@ class MqttDiscovery:
 
     def _energy(self, topic: str, device_id: str, payload: bytes, at: float) -> None:
         try:
-            report = EnergyReport.model_validate_json(payload)
+            report = _ENERGY.validate_json(payload)
         except ValidationError as exc:
-            self.rejections.reject(f"topic {topic!r}", _describe(exc))
+            self.rejections.reject(f"topic {topic!r}", _describe(exc, payload))
             return
         if not self.registry.heartbeat(device_id, report, at):
             self.rejections.reject(f"topic {topic!r}", "energy report from a device that has not announced itself",
                                    counter="ignored_messages")
 
 
-def _describe(exc: ValidationError) -> str:
-    """One line per problem, with the JSON path; invalid JSON and bad UTF-8 read plainly."""
+def _describe(exc: ValidationError, payload: bytes) -> str:
+    """One line per problem, with the JSON path. UTF-8 is checked only here, on the failure
+    path: pydantic already refuses invalid UTF-8, it just names it less plainly."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"payload is not valid UTF-8 (byte {err.start})"
     return format_validation_error(exc).replace("\n", "; ")
