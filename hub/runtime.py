@@ -88,7 +88,7 @@ class Hub:
         opts = MqttOptions(
             url=url, client_id=cfg.mqtt.client_id or f"sovereign-{cfg.hub_id}", username=cfg.mqtt.username,
             password=cfg.mqtt.resolved_password(), tls=cfg.mqtt.tls, keepalive_s=cfg.mqtt.keepalive_s,
-            birth=Birth(self.topics.hub_status), subscriptions=[(self.topics.device_wildcard, DISCOVERY_QOS)],
+            birth=Birth(self.topics.hub_status), subscriptions=[(f, DISCOVERY_QOS) for f in self.topics.discovery_filters],
         )
         self.mqtt = await self._stack.enter_async_context(
             MqttLink(opts, self._on_mqtt_message, on_state=self._on_mqtt_state))

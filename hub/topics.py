@@ -28,9 +28,12 @@ class Topics:
         return f"{self.root}/device/{device_id}/{kind}"
 
     @property
-    def device_wildcard(self) -> str:
-        """One subscription for every device topic: extra levels are caught and rejected."""
-        return f"{self.root}/device/#"
+    def discovery_filters(self) -> list[str]:
+        """What discovery subscribes to: the three kinds devices publish, plus anything with
+        extra levels under a device (an id containing '/'), so that it is rejected loudly
+        instead of being silently unmatched. RPC traffic is not discovery's business."""
+        base = f"{self.root}/device/+"
+        return [f"{base}/announce", f"{base}/status", f"{base}/energy", f"{base}/+/+/#"]
 
     @property
     def hub_status(self) -> str:
