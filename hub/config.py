@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .energy.model import ModeThresholds
+
 
 class ConfigError(Exception):
     """A configuration problem, with every offending key path in the message."""
@@ -154,6 +156,36 @@ class ZeroconfConfig(_Section):
         return v
 
 
+class EnergyConfig(_Section):
+    thresholds: ModeThresholds = Field(default_factory=ModeThresholds)
+    #: Power readings beyond this (W, either sign) are refused as implausible for a home.
+    max_site_power_w: float = Field(default=100_000, gt=0, le=1_000_000)
+    #: The snapshot is published on <root>/energy/site at most this often, and at least
+    #: every publish_interval_s even when nothing changed (so that ages stay true).
+    min_publish_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
+    publish_interval_s: float = Field(default=10.0, ge=0.1, le=3600)
+
+
+class InfluxConfig(_Section):
+    url: str
+    org: str = "sovereign"
+    bucket: str = "sovereign"
+    #: Or the INFLUX_TOKEN environment variable.
+    token: str | None = None
+    #: Points kept on disk while the server is unreachable; the oldest are dropped beyond it.
+    spool_max_points: int = Field(default=1_000_000, ge=1000)
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=600)
+    timeout_s: float = Field(default=10, gt=0, le=300)
+
+
+class HistoryConfig(_Section):
+    #: Raw points are kept this long; older ones survive as 5-minute aggregates.
+    raw_retention_days: float = Field(default=7, gt=0, le=3650)
+    rollup_retention_days: float = Field(default=365, gt=0, le=36500)
+    influx: InfluxConfig | None = None
+
+
 class HubConfig(_Section):
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -163,6 +195,8 @@ class HubConfig(_Section):
     http: HttpConfig = Field(default_factory=HttpConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     zeroconf: ZeroconfConfig = Field(default_factory=ZeroconfConfig)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
     #: Per-plugin sections, validated by each plugin's own model when it loads.
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

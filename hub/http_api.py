@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
+from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -62,11 +64,74 @@ def make_app(hub: "Hub") -> web.Application:
             return error(404, "unknown_device", f"no device with id {device_id!r}")
         return web.json_response({"deleted": device_id})
 
+    async def energy(request: web.Request) -> web.Response:
+        return web.Response(body=hub.energy_snapshot().model_dump_json(), content_type="application/json")
+
+    async def energy_history(request: web.Request) -> web.Response:
+        q = request.query
+        now = time.time()
+        try:
+            metric = q.get("metric", "")
+            if not metric:
+                raise ValueError(f"metric is required (recorded: {', '.join(hub.history.metrics()) or 'none yet'})")
+            since = parse_time(q.get("since", "-24h"), now)
+            until = parse_time(q.get("until", "now"), now)
+            step = parse_duration(q.get("step", "5m"))
+            if until <= since:
+                raise ValueError("until must be after since")
+            if (until - since) / step > 100_000:
+                raise ValueError(f"{(until - since) / step:.0f} steps requested; at most 100000 (raise step)")
+        except ValueError as exc:
+            return error(400, "bad_request", str(exc))
+        buckets = await asyncio.to_thread(hub.history.query, metric, since, until, step, now)
+        return web.json_response({"metric": metric, "since": since, "until": until, "step": step,
+                                  "points": [{"t": b.t, "mean": b.mean, "min": b.min, "max": b.max, "n": b.n}
+                                             for b in buckets]})
+
+    app.router.add_get("/api/energy", energy)
+    app.router.add_get("/api/energy/history", energy_history)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/devices", devices)
     app.router.add_get("/api/devices/{id}", device)
     app.router.add_delete("/api/devices/{id}", delete_device)
     return app
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30``, ``30s``, ``5m``, ``2h``, ``7d`` → seconds (> 0)."""
+    text = text.strip()
+    unit = _UNITS.get(text[-1:], None)
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 30s, 5m, 2h, 7d)") from None
+    if not value > 0:
+        raise ValueError(f"duration must be positive: {text!r}")
+    return value
+
+
+def parse_time(text: str, now: float) -> float:
+    """Unix seconds, ISO 8601, ``now``, or a negative duration relative to now (``-24h``)."""
+    text = text.strip()
+    if text == "now":
+        return now
+    if text.startswith("-"):
+        return now - parse_duration(text[1:])
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (Unix seconds, ISO 8601, now, or -24h)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
 
 
 def health_document(hub: "Hub") -> dict[str, Any]:

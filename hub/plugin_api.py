@@ -20,8 +20,13 @@ from pydantic import BaseModel, ConfigDict
 
 from .bus import EventBus
 from .capability import Capability
+from .energy.model import ForecastPoint
+from .energy.store import EnergyStore
 from .registry import DeviceRegistry
 from .state import StateStore
+
+__all__ = ["Plugin", "PluginConfig", "PluginContext", "DeviceSink", "EnergySink", "ForecastPoint", "Poller",
+           "SourceError"]
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -62,6 +67,74 @@ class DeviceSink:
         return rec.capability if rec else None
 
 
+class EnergySink:
+    """What a plugin may do to the energy state: report readings and forecasts as ``source``.
+    Every value is range-checked by the hub; a refused one keeps the last good value."""
+
+    def __init__(self, store: EnergyStore, source: str) -> None:
+        self._store = store
+        self.source = source
+
+    def report(self, metric: str, value: float, at: float | None = None, stale_after_s: float = 300) -> bool:
+        return self._store.report(self.source, metric, value, at, stale_after_s)
+
+    def fail(self, metrics: list[str] | tuple[str, ...], reason: str) -> None:
+        for metric in metrics:
+            self._store.fail(self.source, metric, reason)
+
+    def forecast(self, metric: str, points: list[ForecastPoint]) -> int:
+        return self._store.set_forecast(self.source, metric, points)
+
+
+class SourceError(Exception):
+    """A vendor source answered, but not with something usable (the message says why)."""
+
+
+@dataclass
+class Poller:
+    """Calls ``fetch`` every ``interval_s`` with a timeout; a failed attempt is retried with
+    exponential backoff (1 s, 2 s, 4 s …, never past the next regular poll); when every retry
+    failed, ``on_failure(reason)`` is told why, so that the plugin can mark its inputs."""
+
+    fetch: Callable[[], Awaitable[None]]
+    on_failure: Callable[[str], None]
+    interval_s: float
+    timeout_s: float
+    retries: int = 2
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("plugins"))
+    failures: int = 0
+    successes: int = 0
+
+    async def attempt(self) -> str | None:
+        """One poll with its retries; returns None on success, else the last reason."""
+        reason = ""
+        delay = 1.0
+        for attempt in range(self.retries + 1):
+            try:
+                await asyncio.wait_for(self.fetch(), self.timeout_s)
+                self.successes += 1
+                return None
+            except asyncio.TimeoutError:
+                reason = f"no answer within {self.timeout_s:g} s"
+            except SourceError as exc:
+                reason = str(exc)
+            except (OSError, ValueError) as exc:  # connection refused, reset, bad JSON …
+                reason = f"{type(exc).__name__}: {exc}"
+            if attempt < self.retries:
+                await asyncio.sleep(min(delay, self.interval_s))
+                delay *= 2
+        self.failures += 1
+        return reason
+
+    async def run(self) -> None:
+        while True:
+            reason = await self.attempt()
+            if reason is not None:
+                self.log.warning("poll failed: %s", reason)
+                self.on_failure(reason)
+            await asyncio.sleep(self.interval_s)
+
+
 @dataclass
 class PluginContext(Generic[C]):
     name: str
@@ -69,6 +142,7 @@ class PluginContext(Generic[C]):
     bus: EventBus
     state: StateStore
     devices: DeviceSink
+    energy: EnergySink
     data_dir: Path
     log: logging.Logger
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)

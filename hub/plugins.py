@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from .bus import EventBus
 from .config import ConfigError, format_validation_error
-from .plugin_api import DeviceSink, Plugin, PluginContext
+from .energy.store import EnergyStore
+from .plugin_api import DeviceSink, EnergySink, Plugin, PluginContext
 from .registry import DeviceRegistry
 from .state import StateStore
 
@@ -67,9 +68,10 @@ def discover() -> tuple[dict[str, Plugin[Any]], list[PluginStatus], dict[str, st
 
 
 class PluginManager:
-    def __init__(self, bus: EventBus, state: StateStore, registry: DeviceRegistry, data_dir: Path,
-                 sections: dict[str, dict[str, Any]], source: str = "config") -> None:
+    def __init__(self, bus: EventBus, state: StateStore, registry: DeviceRegistry, energy: EnergyStore,
+                 data_dir: Path, sections: dict[str, dict[str, Any]], source: str = "config") -> None:
         self._bus, self._state, self._registry, self._data_dir = bus, state, registry, data_dir
+        self._energy = energy
         self.available, broken, sources = discover()
         self.statuses: dict[str, PluginStatus] = {s.name: s for s in broken}
         self._contexts: list[PluginContext[Any]] = []
@@ -97,7 +99,7 @@ class PluginManager:
                 continue
             plugin = self.available[name]
             ctx = PluginContext(name=name, config=cfg, bus=self._bus, state=self._state,
-                                devices=DeviceSink(self._registry, name),
+                                devices=DeviceSink(self._registry, name), energy=EnergySink(self._energy, name),
                                 data_dir=self._data_dir / "plugins" / name, log=logging.getLogger(f"plugins.{name}"))
             ctx.data_dir.mkdir(parents=True, exist_ok=True)
             try:

@@ -22,6 +22,10 @@ from .bus import EventBus
 from .config import HubConfig
 from .discovery.mqtt import MqttDiscovery
 from .discovery.zeroconf import ZeroconfDiscovery
+from .energy.model import EnergyMode, EnergySnapshot
+from .energy.snapshot import DeviceEnergyView, compute_snapshot
+from .energy.store import EnergyInputsChanged, EnergyReading, EnergyStore
+from .history import SqliteHistory
 from .http_api import make_app
 from .mqtt import Birth, Message, MqttLink, MqttOptions
 from .plugins import PluginManager
@@ -56,6 +60,8 @@ class Hub:
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self._listening_since = 0.0
+        self._energy_changed = asyncio.Event()
+        self.last_energy_snapshot: EnergySnapshot | None = None
         self._gc_threshold: tuple[int, int, int] | None = None
 
     async def __aenter__(self) -> "Hub":
@@ -74,8 +80,14 @@ class Hub:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.registry = DeviceRegistry(self.bus, self.data_dir / "registry.sqlite3")
         self._stack.callback(self.registry.close)
+        self.energy = EnergyStore(self.bus, self.rejections, cfg.energy.max_site_power_w)
+        self.history = SqliteHistory(self.data_dir / "history.sqlite3", cfg.history.raw_retention_days,
+                                     cfg.history.rollup_retention_days)
+        self._stack.callback(self.history.close)
+        self.bus.subscribe(EnergyReading, lambda r: self.history.add(r.metric, r.at, r.value))
+        self.bus.subscribe(EnergyInputsChanged, lambda _e: self._energy_changed.set())
         # Plugin configs are validated before anything starts, so that a typo fails fast.
-        self.plugins = PluginManager(self.bus, self.state, self.registry, self.data_dir, cfg.plugins)
+        self.plugins = PluginManager(self.bus, self.state, self.registry, self.energy, self.data_dir, cfg.plugins)
 
         url = cfg.mqtt.broker_url()
         if url is None:
@@ -113,6 +125,7 @@ class Hub:
         self.http_url = f"http://{cfg.http.host}:{port}"
 
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="registry housekeeping"))
+        self._tasks.append(asyncio.create_task(self._publish_energy(), name="energy publisher"))
         # Everything allocated so far (modules, classes, config) lives as long as the hub: keep
         # it out of the cyclic collector's full scans, which otherwise paused an announce storm
         # for 50-180 ms; and collect the young generation every 50,000 allocations instead of
@@ -175,7 +188,57 @@ class Hub:
                                      listening_since=self._listening_since)
             if time.monotonic() - last_flush >= 0.5:
                 await self.registry.flush_async()
+                await self.history.flush_async()
+                await self.history.maintain()
                 last_flush = time.monotonic()
+
+
+    # -- energy ----------------------------------------------------------------------------------
+
+    def device_energy_views(self) -> list[DeviceEnergyView]:
+        views = []
+        for rec in self.registry.all():
+            if not rec.online:
+                continue
+            power, report = rec.capability.power, rec.energy
+            views.append(DeviceEnergyView(
+                device_id=rec.id,
+                source=(report.source if report else power.source).value,
+                battery_pct=report.battery_pct if report else power.battery_pct,
+                charging=report.charging if report else power.charging,
+                active_w=power.active_w, report_at=rec.energy_at))
+        return views
+
+    def energy_snapshot(self, now: float | None = None) -> EnergySnapshot:
+        return compute_snapshot(time.time() if now is None else now, self.energy.inputs, self.energy.forecasts,
+                                self.device_energy_views(), self.config.energy.thresholds)
+
+    async def _publish_energy(self) -> None:
+        """Publish the snapshot (retained) when an input changes, at most every
+        min_publish_interval_s, and at least every publish_interval_s; record derived values."""
+        cfg = self.config.energy
+        topic = f"{self.topics.root}/energy/site"
+        modes = list(EnergyMode)
+        while True:
+            try:
+                await asyncio.wait_for(self._energy_changed.wait(), cfg.publish_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._energy_changed.clear()
+            snap = self.energy_snapshot()
+            self.last_energy_snapshot = snap
+            for metric, value in (("solar_surplus_w", snap.solar_surplus_w),
+                                  ("site_marginal_g_per_kwh", snap.site_marginal_g_per_kwh),
+                                  ("site_marginal_price_per_kwh", snap.site_marginal_price_per_kwh),
+                                  ("energy_mode", float(modes.index(snap.mode)))):
+                if value is not None:
+                    self.history.add(metric, snap.now, value)
+            for device_id, d in snap.devices.items():
+                if d.battery_pct is not None:
+                    self.history.add(f"device.{device_id}.battery_pct", snap.now, d.battery_pct)
+            if self.mqtt is not None:
+                await self.mqtt.publish(topic, snap.model_dump_json(), qos=0, retain=True)
+            await asyncio.sleep(cfg.min_publish_interval_s)
 
 
 async def run_hub(config: HubConfig, ready: asyncio.Event | None = None) -> None:

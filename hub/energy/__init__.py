@@ -1,0 +1,1 @@
+"""Energy state: inputs from plugins, the derived snapshot and mode, forecast windows."""
