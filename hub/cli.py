@@ -73,10 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
     dev.add_argument("--json", action="store_true")
 
+    en = sub.add_parser("energy", help="the running hub's energy snapshot and mode")
+    en.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
+    en.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="hub + simulated fleet, no configuration")
     demo.add_argument("--http-port", type=int, default=8700)
     demo.add_argument("--data-dir", type=Path)
     demo.add_argument("--log-level", default="warning")
+    demo.add_argument("--replay-speed", type=float, default=720,
+                      help="recorded seconds of grid data per real second (default 720: a day in 2 minutes)")
     return p
 
 
@@ -89,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_agent(args)
         if args.command == "devices":
             return _cmd_devices(args)
+        if args.command == "energy":
+            return _cmd_energy(args)
         if args.command == "demo":
             from .demo import run_demo
             _setup_logging(args.log_level)
-            return asyncio.run(run_demo(args.http_port, args.data_dir))
+            return asyncio.run(run_demo(args.http_port, args.data_dir, args.replay_speed))
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
@@ -172,16 +180,60 @@ def fetch_json(url: str, timeout: float = 5.0) -> Any:
         return json.load(resp)
 
 
-def _cmd_devices(args: argparse.Namespace) -> int:
+def _api_get(url: str, path: str) -> Any:
+    """GET from the running hub, or None after printing why not."""
     try:
-        data = fetch_json(args.url.rstrip("/") + "/api/devices")
+        return fetch_json(url.rstrip("/") + path)
     except urllib.error.HTTPError as exc:
-        print(f"error: the hub at {args.url} answered HTTP {exc.code}"
+        print(f"error: the hub at {url} answered HTTP {exc.code}"
               + (" (set SOVEREIGN_TOKEN)" if exc.code == 401 else ""), file=sys.stderr)
-        return 1
     except (urllib.error.URLError, OSError) as exc:
-        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)}); is `sovereign run` or "
+        print(f"error: no hub at {url} ({getattr(exc, 'reason', exc)}); is `sovereign run` or "
               "`sovereign demo` running? (--url or SOVEREIGN_URL)", file=sys.stderr)
+    return None
+
+
+def _cmd_energy(args: argparse.Namespace) -> int:
+    snap = _api_get(args.url, "/api/energy")
+    if snap is None:
+        return 1
+    if args.json:
+        json.dump(snap, sys.stdout, indent=2)
+        print()
+        return 0
+    print(format_energy(snap))
+    return 0
+
+
+def format_energy(snap: dict[str, Any]) -> str:
+    def show(v: Any, unit: str, digits: int = 0) -> str:
+        return "-" if v is None else f"{v:.{digits}f} {unit}"
+
+    lines = [f"mode: {snap['mode']}"] + [f"  - {r}" for r in snap["mode_reasons"]]
+    lines += [
+        f"carbon intensity: {show(snap['carbon_g_per_kwh'], 'g/kWh')}   "
+        f"forecast points: {len(snap['carbon_forecast'])}",
+        f"price: {show(snap['price_per_kwh'], '/kWh', 3)}   export: {show(snap['export_price_per_kwh'], '/kWh', 3)}",
+        f"PV: {show(snap['pv_w'], 'W')}   load: {show(snap['load_w'], 'W')}   grid: {show(snap['grid_w'], 'W')}   "
+        f"surplus: {show(snap['solar_surplus_w'], 'W')}   home battery: {show(snap['battery_soc_pct'], '%')}",
+        "", "INPUT                  VALUE                STATUS   AGE     SOURCE      ERROR",
+    ]
+    for name, i in sorted(snap["inputs"].items()):
+        age = "-" if i["age_s"] is None else f"{i['age_s']:.0f} s"
+        value = "-" if i["value"] is None else f"{i['value']:.4g} {i['unit']}"
+        lines.append(f"{name:22} {value:20} {i['status']:8} {age:7} {i['source']:11} {i.get('error') or ''}".rstrip())
+    if snap["devices"]:
+        lines += ["", "DEVICE            POWER    BATTERY  MODE          gCO2/kWh  PRICE/kWh"]
+        for device_id, d in sorted(snap["devices"].items()):
+            battery = "-" if d["battery_pct"] is None else f"{d['battery_pct']:.0f}%"
+            lines.append(f"{device_id:17} {d['source']:8} {battery:8} {d['mode']:13} "
+                         f"{show(d['marginal_g_per_kwh'], ''):9} {show(d['marginal_price_per_kwh'], '', 3)}")
+    return "\n".join(lines)
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    data = _api_get(args.url, "/api/devices")
+    if data is None:
         return 1
     if args.json:
         json.dump(data, sys.stdout, indent=2)

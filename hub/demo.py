@@ -71,7 +71,7 @@ class AgentProcess:
                 await self._task
 
 
-async def run_demo(http_port: int = 8700, data_dir: Path | None = None) -> int:
+async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_speed: float = 720) -> int:
     data_dir = data_dir or Path(os.environ.get("SOVEREIGN_DEMO_DIR") or default_data_dir().parent / "sovereign-demo")
     config = parse_config({
         "data_dir": str(data_dir), "hub_id": "demo",
@@ -79,6 +79,15 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None) -> int:
         "http": {"port": http_port},
         "zeroconf": {"interfaces": ["127.0.0.1"]},
         "discovery": {"heartbeat_timeout_s": 15},
+        "energy": {"publish_interval_s": 2.0},
+        "plugins": {
+            # Real 2020 GB carbon and solar curves, 30 recorded minutes every 2.5 s, so that the
+            # mode visibly changes: a day passes in two minutes.
+            "replay": {"speed": replay_speed, "report_interval_s": 1.0, "solar_peak_w": 5000, "load_w": 600},
+            # An example time-of-use tariff (figures made up for the demo).
+            "tariff": {"price_per_kwh": 0.245, "export_price_per_kwh": 0.15, "timezone": "Europe/London",
+                       "periods": [{"start": "00:30", "end": "04:30", "price_per_kwh": 0.075}]},
+        },
     }, source="demo defaults")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,7 +107,8 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None) -> int:
               f"  API:     {hub.http_url}/api/devices\n"
               f"  Broker:  {hub.broker_url}\n"
               f"  Devices: {', '.join(a.device_id for a in agents)} (agent processes)\n"
-              f"Try: sovereign devices{'' if http_port == 8700 else f' --url {hub.http_url}'}   "
+              f"  Energy:  {hub.http_url}/api/energy (2020 GB grid replayed at {replay_speed:g}x)\n"
+              f"Try: sovereign devices{'' if http_port == 8700 else f' --url {hub.http_url}'}, sovereign energy   "
               "— Ctrl-C stops everything.", flush=True)
         await stop.wait()
     finally:

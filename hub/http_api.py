@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import __version__
+from .energy.forecast import NoWindow, best_window, mean_over
 
 if TYPE_CHECKING:
     from .runtime import Hub
@@ -88,7 +89,26 @@ def make_app(hub: "Hub") -> web.Application:
                                   "points": [{"t": b.t, "mean": b.mean, "min": b.min, "max": b.max, "n": b.n}
                                              for b in buckets]})
 
+    async def best_window_route(request: web.Request) -> web.Response:
+        q = request.query
+        now = time.time()
+        try:
+            duration = parse_duration(q.get("duration", "1h"))
+            deadline = parse_deadline(q.get("deadline", "24h"), now)
+            by = q.get("by", "carbon")
+            metric = {"carbon": "carbon_g_per_kwh", "price": "price_per_kwh"}.get(by)
+            if metric is None:
+                raise ValueError(f"by must be carbon or price, got {by!r}")
+            window = best_window(hub.energy.forecasts.get(metric, []), duration, now, deadline)
+        except (ValueError, NoWindow) as exc:
+            return error(400 if not isinstance(exc, NoWindow) else 422, "no_window" if isinstance(exc, NoWindow)
+                         else "bad_request", str(exc))
+        now_mean = mean_over(hub.energy.forecasts.get(metric, []), now, now + duration)
+        return web.json_response({"by": by, "start": window.start, "end": window.end, "mean": window.mean,
+                                  "if_started_now": now_mean, "wait_s": round(window.start - now, 3)})
+
     app.router.add_get("/api/energy", energy)
+    app.router.add_get("/api/energy/best-window", best_window_route)
     app.router.add_get("/api/energy/history", energy_history)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/devices", devices)
@@ -132,6 +152,13 @@ def parse_time(text: str, now: float) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
+
+
+def parse_deadline(text: str, now: float) -> float:
+    """A duration from now with its unit (``90m``, ``12h``) or a time (Unix seconds, ISO 8601)."""
+    if text.strip()[-1:] in _UNITS:
+        return now + parse_duration(text)
+    return parse_time(text, now)
 
 
 def health_document(hub: "Hub") -> dict[str, Any]:
