@@ -35,6 +35,16 @@ def test_demo_shows_three_tiers_and_stops_cleanly(tmp_path: Path) -> None:
             time.sleep(0.3)
         assert len({d["tier"] for d in devices}) >= 3, f"tiers seen in 10 s: {devices}"
         assert len(devices) >= 3
+        # The energy snapshot: a carbon intensity, a mode with reasons, values that move with the replay.
+        snaps = []
+        for _ in range(4):
+            out = subprocess.run([sys.executable, "-m", "hub", "energy", "--json", "--url", f"http://127.0.0.1:{port}"],
+                                 capture_output=True, text=True, cwd=ROOT)
+            assert out.returncode == 0, out.stderr
+            snaps.append(json.loads(out.stdout))
+            time.sleep(1.5)
+        assert all(s["carbon_g_per_kwh"] and s["mode_reasons"] for s in snaps)
+        assert len({s["carbon_g_per_kwh"] for s in snaps}) >= 2, "the replay advances"
         children = psutil.Process(demo.pid).children(recursive=True)
         assert len(children) >= 5, "broker + four agent processes"
         demo.send_signal(signal.SIGINT)
