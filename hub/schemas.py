@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .capability import Capability, EnergyReport
+from .energy.model import EnergySnapshot
 from .rpc import RpcRequest, RpcResponse
 
 
 def schemas() -> dict[str, dict[str, Any]]:
     out = {}
     for name, model in (("capability", Capability), ("energy", EnergyReport), ("rpc-request", RpcRequest),
-                          ("rpc-response", RpcResponse)):
+                          ("rpc-response", RpcResponse), ("energy-snapshot", EnergySnapshot)):
         schema = model.model_json_schema()
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://sovereign-hub.invalid/schemas/{name}/1"
