@@ -163,7 +163,8 @@ def parse_deadline(text: str, now: float) -> float:
 
 def health_document(hub: "Hub") -> dict[str, Any]:
     recs = hub.registry.all()
-    counters = {"rejected_messages": 0, "ignored_messages": 0, "mqtt_messages": 0, "discovery_errors": 0}
+    counters = {"rejected_messages": 0, "ignored_messages": 0, "mqtt_messages": 0, "discovery_errors": 0,
+                "rejected_readings": 0}
     counters.update(hub.state.counters)
     return {
         "status": "ok" if hub.mqtt is not None and hub.mqtt.connected.is_set() else "degraded",
