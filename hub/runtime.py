@@ -84,7 +84,12 @@ class Hub:
         self.history = SqliteHistory(self.data_dir / "history.sqlite3", cfg.history.raw_retention_days,
                                      cfg.history.rollup_retention_days)
         self._stack.callback(self.history.close)
-        self.bus.subscribe(EnergyReading, lambda r: self.history.add(r.metric, r.at, r.value))
+        self.influx = None
+        if cfg.history.influx is not None:
+            from .influx import InfluxWriter
+            self.influx = await self._stack.enter_async_context(
+                InfluxWriter(cfg.history.influx, self.data_dir / "influx-spool.sqlite3"))
+        self.bus.subscribe(EnergyReading, lambda r: self.record(r.metric, r.at, r.value))
         self.bus.subscribe(EnergyInputsChanged, lambda _e: self._energy_changed.set())
         # Plugin configs are validated before anything starts, so that a typo fails fast.
         self.plugins = PluginManager(self.bus, self.state, self.registry, self.energy, self.data_dir, cfg.plugins)
@@ -195,6 +200,12 @@ class Hub:
 
     # -- energy ----------------------------------------------------------------------------------
 
+    def record(self, metric: str, ts: float, value: float) -> None:
+        """Into every configured history: SQLite always, InfluxDB when configured."""
+        self.history.add(metric, ts, value)
+        if self.influx is not None:
+            self.influx.add(metric, ts, value)
+
     def device_energy_views(self) -> list[DeviceEnergyView]:
         views = []
         for rec in self.registry.all():
@@ -232,10 +243,10 @@ class Hub:
                                   ("site_marginal_price_per_kwh", snap.site_marginal_price_per_kwh),
                                   ("energy_mode", float(modes.index(snap.mode)))):
                 if value is not None:
-                    self.history.add(metric, snap.now, value)
+                    self.record(metric, snap.now, value)
             for device_id, d in snap.devices.items():
                 if d.battery_pct is not None:
-                    self.history.add(f"device.{device_id}.battery_pct", snap.now, d.battery_pct)
+                    self.record(f"device.{device_id}.battery_pct", snap.now, d.battery_pct)
             if self.mqtt is not None:
                 await self.mqtt.publish(topic, snap.model_dump_json(), qos=0, retain=True)
             await asyncio.sleep(cfg.min_publish_interval_s)
