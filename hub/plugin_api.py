@@ -118,7 +118,7 @@ class Poller:
                 reason = f"no answer within {self.timeout_s:g} s"
             except SourceError as exc:
                 reason = str(exc)
-            except (OSError, ValueError) as exc:  # connection refused, reset, bad JSON …
+            except Exception as exc:  # connection refused, reset, bad JSON, a plugin bug: the poller lives on
                 reason = f"{type(exc).__name__}: {exc}"
             if attempt < self.retries:
                 await asyncio.sleep(min(delay, self.interval_s))

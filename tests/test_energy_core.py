@@ -176,3 +176,27 @@ def test_sqlite_history_raw_rollup_and_retention(tmp_path: Path) -> None:
         "steps below 5 min fall back to the aggregates' resolution"
     assert h.metrics() == ["carbon_g_per_kwh"]
     h.close()
+
+
+async def test_poller_retries_with_backoff_then_reports_why() -> None:
+    import asyncio
+
+    from hub.plugin_api import Poller, SourceError
+    calls: list[float] = []
+    failures: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    async def fetch() -> None:
+        calls.append(loop.time())
+        if len(calls) == 1:
+            await asyncio.sleep(1)  # longer than the timeout
+        if len(calls) == 2:
+            raise SourceError("Status.Code 8: device not ready")
+        if len(calls) == 3:
+            raise KeyError("P_PV")  # a plugin bug must not end the polling
+
+    p = Poller(fetch, failures.append, interval_s=10, timeout_s=0.2, retries=2)
+    assert await p.attempt() == "KeyError: 'P_PV'"
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert gaps[0] >= 1.0 + 0.2 - 0.05 and gaps[1] >= 2.0 - 0.05, f"backoff 1 s then 2 s, got {gaps}"
+    assert await p.attempt() is None and p.successes == 1 and p.failures == 1
