@@ -216,14 +216,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+def format_validation_error(exc: ValidationError, prefix: str = "", base: str = "") -> str:
+    """One line per problem: ``<prefix><base>.<path>: <message> (got <value>)``."""
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"] if p not in ("function-after", "function-before"))
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after", "function-before"))
+        path = ".".join(p for p in (base, loc) if p) or "<root>"
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         shown = "" if isinstance(got, (dict, list, bytes)) or got is None else f" (got {_short(got)})"
-        lines.append(f"{prefix}{path or '<root>'}: {msg}{shown}")
+        lines.append(f"{prefix}{path}: {msg}{shown}")
     return "\n".join(lines)
 
 

@@ -89,7 +89,7 @@ class PluginManager:
             try:
                 self._configs[name] = plugin.config_model.model_validate(section or {})
             except ValidationError as exc:
-                errors.append(format_validation_error(exc, prefix=f"{source}: plugins.{name}."))
+                errors.append(format_validation_error(exc, prefix=f"{source}: ", base=f"plugins.{name}"))
         if errors:
             raise ConfigError("\n".join(errors))
 
