@@ -21,12 +21,16 @@ from pydantic import BaseModel, ConfigDict
 from .bus import EventBus
 from .capability import Capability
 from .energy.model import ForecastPoint
+from .config import BrokerUrl
 from .energy.store import EnergyStore
+from .mqtt import Message, MqttLink, MqttOptions
 from .registry import DeviceRegistry
 from .state import StateStore
 
+# A plugin that reads a feed over MQTT (OpenDTU, for one) opens its own connection with the
+# hub's supervised MqttLink: same reconnect, TLS and credential handling as the hub's.
 __all__ = ["Plugin", "PluginConfig", "PluginContext", "DeviceSink", "EnergySink", "ForecastPoint", "Poller",
-           "SourceError"]
+           "SourceError", "BrokerUrl", "Message", "MqttLink", "MqttOptions"]
 
 C = TypeVar("C", bound=BaseModel)
 
