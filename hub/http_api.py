@@ -182,4 +182,5 @@ def health_document(hub: "Hub") -> dict[str, Any]:
         "counters": counters,
         "recent_rejections": hub.rejections.last[-5:],
         "plugins": [s.to_dict() for s in hub.plugins.statuses.values()] if hub.plugins else [],
+        "history": {"sqlite": "ok", "influx": hub.influx.status() if hub.influx is not None else None},
     }
