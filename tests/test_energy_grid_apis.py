@@ -81,11 +81,11 @@ async def test_uk_national_now_and_48h_forecast(mosquitto: Any, make_hub: Any) -
                 state["status"], state["delay"] = status, delay
                 if body is not None:
                     state["now"] = body
-                await wait_for(lambda why=why: why in hub.energy.inputs["carbon_g_per_kwh"].error, 6, what=why)
+                await wait_for(lambda why=why: why in hub.energy.inputs["carbon_g_per_kwh"].error, 15, what=why)
                 assert hub.energy.inputs["carbon_g_per_kwh"].value == 263
             # Recovery, and a clean grid.
             state["status"], state["delay"], state["now"] = 200, 0.0, {"data": half_hours(1, lambda i: 85)}
-            await wait_for(lambda: hub.energy_snapshot().mode.value == "clean_grid", 6, what="clean grid")
+            await wait_for(lambda: hub.energy_snapshot().mode.value == "clean_grid", 15, what="clean grid")
             assert not hub.energy.inputs["carbon_g_per_kwh"].error
 
 
