@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "agent":
             return _cmd_agent(args)
         if args.command == "devices":
-            return _cmd_devices(args)
+            return _show(args, "/api/devices", lambda data: format_device_table(data["devices"]))
         if args.command == "energy":
-            return _cmd_energy(args)
+            return _show(args, "/api/energy", format_energy)
         if args.command == "demo":
             from .demo import run_demo
             _setup_logging(args.log_level)
@@ -193,15 +193,16 @@ def _api_get(url: str, path: str) -> Any:
     return None
 
 
-def _cmd_energy(args: argparse.Namespace) -> int:
-    snap = _api_get(args.url, "/api/energy")
-    if snap is None:
+def _show(args: argparse.Namespace, path: str, render: Any) -> int:
+    """GET ``path`` from the running hub; print it as JSON (--json) or through ``render``."""
+    data = _api_get(args.url, path)
+    if data is None:
         return 1
     if args.json:
-        json.dump(snap, sys.stdout, indent=2)
+        json.dump(data, sys.stdout, indent=2)
         print()
-        return 0
-    print(format_energy(snap))
+    else:
+        print(render(data))
     return 0
 
 
@@ -229,18 +230,6 @@ def format_energy(snap: dict[str, Any]) -> str:
             lines.append(f"{device_id:17} {d['source']:8} {battery:8} {d['mode']:13} "
                          f"{show(d['marginal_g_per_kwh'], ''):9} {show(d['marginal_price_per_kwh'], '', 3)}")
     return "\n".join(lines)
-
-
-def _cmd_devices(args: argparse.Namespace) -> int:
-    data = _api_get(args.url, "/api/devices")
-    if data is None:
-        return 1
-    if args.json:
-        json.dump(data, sys.stdout, indent=2)
-        print()
-        return 0
-    print(format_device_table(data["devices"]))
-    return 0
 
 
 def format_device_table(devices: list[dict[str, Any]]) -> str:

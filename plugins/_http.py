@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from hub.plugin_api import SourceError
 
 MAX_BODY = 4 * 1024 * 1024
+
+
+def check_http_url(v: str) -> str:
+    """A config validator: an http(s) URL with a host, without its trailing slash."""
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL with a host, got {v!r}")
+    return v.rstrip("/")
 
 
 async def get_json(session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None) -> Any:

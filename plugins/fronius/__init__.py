@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import Field, field_validator
 
 from hub.plugin_api import Plugin, PluginConfig, PluginContext, Poller, SourceError
 
-from .._http import get_json, number
+from .._http import check_http_url, get_json, number
 
 METRICS = ("pv_w", "load_w", "grid_w", "battery_w", "battery_soc_pct")
 PATH = "/solar_api/v1/GetPowerFlowRealtimeData.fcgi"
@@ -33,13 +32,7 @@ class FroniusConfig(PluginConfig):
     retries: int = Field(default=2, ge=0, le=10)
     stale_after_s: float | None = Field(default=None, gt=0)
 
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http(s) URL with a host, got {v!r}")
-        return v.rstrip("/")
+    _http = field_validator("url")(check_http_url)
 
 
 def readings(doc: Any) -> dict[str, float]:

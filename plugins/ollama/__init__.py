@@ -23,6 +23,8 @@ from hub.capability import DEVICE_ID_PATTERN, PROTOCOL_VERSION, Capability, Endp
 from hub.ollama_models import list_ollama_models
 from hub.plugin_api import Plugin, PluginConfig, PluginContext
 
+from .._http import check_http_url
+
 
 class OllamaServer(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -35,13 +37,7 @@ class OllamaServer(BaseModel):
     active_w: float | None = Field(default=None, ge=0)
     max_concurrency: int = Field(default=1, ge=1, le=64)
 
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http(s) URL with a host, got {v!r}")
-        return v.rstrip("/")
+    _http = field_validator("url")(check_http_url)
 
     def device_id(self) -> str:
         if self.id:
