@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .energy.model import ModeThresholds
+from .router.route import RouterConfig
 
 
 class ConfigError(Exception):
@@ -197,6 +198,7 @@ class HubConfig(_Section):
     zeroconf: ZeroconfConfig = Field(default_factory=ZeroconfConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
     #: Per-plugin sections, validated by each plugin's own model when it loads.
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import __version__
+from pydantic import ValidationError
+
+from .config import format_validation_error
 from .energy.forecast import NoWindow, best_window, mean_over
+from .router.fleet import fleet_snapshot
+from .router.model import Candidate, RouteDecision, TaskRequest
+from .router.route import route
 
 if TYPE_CHECKING:
     from .runtime import Hub
@@ -107,6 +113,15 @@ def make_app(hub: "Hub") -> web.Application:
         return web.json_response({"by": by, "start": window.start, "end": window.end, "mean": window.mean,
                                   "if_started_now": now_mean, "wait_s": round(window.start - now, 3)})
 
+    async def route_dry_run(request: web.Request) -> web.Response:
+        try:
+            req = TaskRequest.model_validate_json(await request.read())
+        except ValidationError as exc:
+            return error(400, "bad_request", format_validation_error(exc).replace("\n", "; "))
+        decision = route(req, fleet_snapshot(hub.registry.all(), hub.energy_snapshot()), hub.config.router)
+        return web.json_response(decision_document(decision))
+
+    app.router.add_post("/api/route", route_dry_run)
     app.router.add_get("/api/energy", energy)
     app.router.add_get("/api/energy/best-window", best_window_route)
     app.router.add_get("/api/energy/history", energy_history)
@@ -159,6 +174,19 @@ def parse_deadline(text: str, now: float) -> float:
     if text.strip()[-1:] in _UNITS:
         return now + parse_duration(text)
     return parse_time(text, now)
+
+
+def decision_document(d: RouteDecision) -> dict[str, Any]:
+    def cand(c: Candidate) -> dict[str, Any]:
+        return {"device": c.device_id, "model": c.model, "runtime": c.runtime, "tier": c.tier.value,
+                "p50_ms": c.p50_ms, "p95_ms": c.p95_ms, "joules": c.joules, "gco2": c.gco2, "cost": c.cost,
+                "quality": c.quality, "score": round(c.score, 6), "within_budget": c.within_budget,
+                "reasons": list(c.reasons)}
+
+    return {"request_id": d.request_id, "task": d.task, "policy": d.policy, "min_tier": d.min_tier.value,
+            "chosen": cand(d.chosen) if d.chosen else None, "chain": [cand(c) for c in d.chain],
+            "excluded": [{"device": e.device_id, "model": e.model, "reason": e.reason} for e in d.excluded],
+            "reasons": list(d.reasons)}
 
 
 def health_document(hub: "Hub") -> dict[str, Any]:

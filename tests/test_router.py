@@ -1,0 +1,170 @@
+"""The pure router: decisions under battery, solar and carbon changes, privacy, budgets,
+complexity, policies, bad requests; and the dry-run endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import ValidationError
+
+from hub.agent.profiles import PROFILES
+from hub.capability import LatencyMs, ModelSpec, Tier
+from hub.router.model import DeviceView, FleetSnapshot, TaskRequest
+from hub.router.route import CloudPrice, RouterConfig, estimate_complexity, route
+
+from .conftest import wait_for
+
+NOW = 1_800_000_000.0
+CLOUD_MODEL = ModelSpec(name="claude-haiku", runtime="cloud", tasks=["summarize", "qa", "draft", "code", "reason",
+                                                                       "intent", "classify"],
+                        latency_ms=LatencyMs(p50=800, p95=2000), quality=0.95, max_concurrency=64)
+CFG = RouterConfig(cloud_prices={"claude-haiku": CloudPrice(input_per_mtok=1.0, output_per_mtok=5.0)})
+
+
+def view(profile: str, mode: str = "prefer_local", g: float = 200, price: float = 0.25, **kw: Any) -> DeviceView:
+    p = PROFILES[profile]
+    base = dict(id=profile, tier=p.tier, models=p.models, power_source=p.power.source.value,
+                battery_pct=p.power.battery_pct, battery_floor_pct=p.power.battery_floor_pct, charging=False,
+                active_w=p.power.active_w, idle_w=p.power.idle_w, energy_mode=mode, marginal_g_per_kwh=g,
+                marginal_price_per_kwh=price)
+    base.update(kw)
+    return DeviceView(**base)
+
+
+def cloud(mode: str = "prefer_local") -> DeviceView:
+    return DeviceView(id="cloud", tier=Tier.large, models=(CLOUD_MODEL,), power_source="mains", battery_pct=None,
+                      battery_floor_pct=0, charging=None, active_w=None, idle_w=None, energy_mode=mode)
+
+
+def fleet(*devices: DeviceView) -> FleetSnapshot:
+    return FleetSnapshot(NOW, devices)
+
+
+HOME = fleet(view("watch"), view("phone"), view("laptop"), view("gpu-box"), cloud())
+
+
+def test_tiny_task_goes_to_the_tiny_layer_with_reasons() -> None:
+    d = route(TaskRequest(task="intent", text="schedule a meeting with Ana tomorrow"), HOME, CFG)
+    assert d.chosen is not None and d.chosen.tier is Tier.tiny
+    assert len(d.chain) >= 3, "fallbacks follow"
+    assert d.chosen.reasons and d.reasons[-1].startswith(f"chose {d.chosen.model} on {d.chosen.device_id}")
+
+
+def test_complex_text_needs_a_bigger_tier() -> None:
+    req = TaskRequest(task="qa", text="```python\ndef f(x):\n    return x * 2\n```\nwhy is this slow? step by step")
+    assert estimate_complexity(req).min_tier is Tier.medium
+    assert estimate_complexity(req.model_copy(update={"text": "what time is it?"})).min_tier is Tier.small
+    d = route(req, HOME, CFG)
+    assert d.chosen is not None and d.chosen.tier.rank >= Tier.medium.rank
+    assert any("below the task's minimum medium" in e.reason for e in d.excluded)
+
+
+def test_privacy_never_leaves_local_devices() -> None:
+    req = TaskRequest(task="reason", text="compare these plans and explain why, step by step: 3*4=12", local_only=True)
+    d = route(req, HOME, CFG)
+    assert all(c.runtime != "cloud" for c in d.chain)
+    assert any(e.device_id == "cloud" and "local_only" in e.reason for e in d.excluded)
+
+
+def test_battery_floor_protects_other_devices_phones() -> None:
+    low = fleet(view("phone", battery_pct=15), view("laptop"))
+    d = route(TaskRequest(task="intent", text="lights off", requester="laptop"), low, CFG)
+    assert all(c.device_id != "phone" for c in d.chain)
+    assert any(e.device_id == "phone" and "below its floor" in e.reason for e in d.excluded)
+    own = route(TaskRequest(task="intent", text="lights off", requester="phone"), low, CFG)
+    assert own.chosen is not None and own.chosen.device_id == "phone", "its own task still runs"
+
+
+def test_tiny_only_mode_keeps_a_low_laptop_off_its_small_models() -> None:
+    d = route(TaskRequest(task="summarize", text="a short note"), fleet(view("laptop", mode="tiny_only"), view("gpu-box")), CFG)
+    assert d.chosen is not None and d.chosen.device_id == "gpu-box"
+    assert any(e.device_id == "laptop" and "tiny_only" in e.reason for e in d.excluded)
+
+
+def test_budget_is_respected_and_overruns_are_last() -> None:
+    req = TaskRequest(task="summarize", text="summarise this paragraph", budget_ms=1000)
+    d = route(req, HOME, CFG)
+    assert d.chosen is not None and d.chosen.within_budget and d.chosen.p95_ms <= 1000
+    assert [c.within_budget for c in d.chain] == sorted((c.within_budget for c in d.chain), reverse=True)
+    tight = route(TaskRequest(task="summarize", text="x", budget_ms=1), HOME, CFG)
+    assert tight.chosen is not None and not tight.chosen.within_budget
+    assert "no candidate meets the latency budget" in tight.reasons[-1]
+
+
+def test_queueing_raises_predicted_latency() -> None:
+    idle = route(TaskRequest(task="summarize", text="x"), fleet(view("laptop")), CFG).chosen
+    busy = route(TaskRequest(task="summarize", text="x"), fleet(view("laptop", active_tasks=2)), CFG).chosen
+    assert idle is not None and busy is not None
+    assert busy.p95_ms == idle.p95_ms + 2 * idle.p50_ms
+
+
+def test_carbon_and_money_move_the_choice() -> None:
+    req = TaskRequest(task="summarize", text="summarise the meeting notes " * 20, budget_ms=10_000)
+
+    def two_boxes(g_a: float, g_b: float, price_a: float = 0.3, price_b: float = 0.3) -> str:
+        d = route(req, fleet(view("gpu-box", id="a", g=g_a, price=price_a), view("gpu-box", id="b", g=g_b,
+                                                                                   price=price_b)), CFG)
+        assert d.chosen is not None
+        return d.chosen.device_id
+
+    assert two_boxes(400, 50) == "b" and two_boxes(50, 400) == "a", "the cleaner power wins"
+    assert two_boxes(200, 200, 0.40, 0.05) == "b", "then the cheaper"
+    # Surplus PV (0 g, price 0) beats the cloud for the same job.
+    sunny = route(req, fleet(view("gpu-box", mode="solar_peak", g=0, price=0.0), cloud()), CFG)
+    assert sunny.chosen is not None and sunny.chosen.device_id == "gpu-box" and sunny.chosen.gco2 == 0
+
+
+def test_cloud_costs_money_by_tokens() -> None:
+    d = route(TaskRequest(task="qa", text="what is the capital of France? " * 10), fleet(cloud()), CFG)
+    c = d.chosen
+    assert c is not None and c.runtime == "cloud"
+    assert c.cost == pytest.approx(((len("what is the capital of France? " * 10) // 4) * 1.0 + 150 * 5.0) / 1e6)
+
+
+def test_policies() -> None:
+    req = TaskRequest(task="summarize", text="a note", budget_ms=10_000)
+    assert route(req, HOME, CFG.model_copy(update={"policy": "always-cloud"})).chosen.device_id == "cloud"
+    local = route(req, HOME, CFG.model_copy(update={"policy": "local-first"}))
+    assert local.chosen.device_id == "laptop", "the smallest capable local layer"
+    assert any(e.device_id == "cloud" for e in local.excluded)
+    # Nothing local fits the budget: local-first escalates to the cloud.
+    slow = fleet(view("laptop", models=(ModelSpec(name="big", runtime="llamacpp", tasks=["summarize"],
+                                                  latency_ms=LatencyMs(p50=9000, p95=20000)),)), cloud())
+    esc = route(req.model_copy(update={"budget_ms": 5000}), slow, CFG.model_copy(update={"policy": "local-first"}))
+    assert esc.chosen.device_id == "cloud" and "escalation" in esc.chosen.reasons[0]
+
+
+@pytest.mark.parametrize("body,why", [
+    ({"task": "juggle"}, "unknown task 'juggle'"),
+    ({"task": "qa", "budget_ms": -5}, "budget_ms"),
+    ({"task": "qa", "budget_ms": 10**9}, "budget_ms"),
+    ({"task": "qa", "text": "a", "ref": "b"}, "give one input"),
+    ({"task": "qa", "data": "!!!"}, "not valid base64"),
+    ({"task": "qa", "colour": "red"}, "colour"),
+])
+def test_bad_requests_are_refused_clearly(body: dict[str, Any], why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        TaskRequest.model_validate(body)
+
+
+def test_no_device_for_the_task() -> None:
+    d = route(TaskRequest(task="vision"), fleet(view("watch")), CFG)
+    assert d.chosen is None and d.reasons[-1] == "no device can run this task"
+
+
+async def test_dry_run_endpoint(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        agents = [spawn_agent(mosquitto.url, p, None, "--no-zeroconf") for p in ("watch", "gpu-box")]
+        await wait_for(lambda: all((r := hub.registry.get(a.device_id)) and r.online for a in agents), 15, what="agents")
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{hub.http_url}/api/route", json={"task": "intent", "text": "play music"}) as r:
+                d = await r.json()
+            assert r.status == 200 and d["chosen"]["device"] == agents[0].device_id and d["chosen"]["tier"] == "tiny"
+            assert d["chain"] and d["reasons"] and d["policy"] == "sovereign"
+            async with s.post(f"{hub.http_url}/api/route", json={"task": "juggle"}) as r:
+                err = await r.json()
+            assert r.status == 400 and "unknown task" in err["error"]["message"]
+            async with s.post(f"{hub.http_url}/api/route", data=b"{not json") as r:
+                assert r.status == 400
