@@ -16,7 +16,6 @@ from pydantic import ValidationError
 
 from .config import format_validation_error
 from .energy.forecast import NoWindow, best_window, mean_over
-from .router.fleet import fleet_snapshot
 from .router.model import Candidate, RouteDecision, TaskRequest
 from .router.route import route
 
@@ -118,7 +117,7 @@ def make_app(hub: "Hub") -> web.Application:
             req = TaskRequest.model_validate_json(await request.read())
         except ValidationError as exc:
             return error(400, "bad_request", format_validation_error(exc).replace("\n", "; "))
-        decision = route(req, fleet_snapshot(hub.registry.all(), hub.energy_snapshot()), hub.config.router)
+        decision = route(req, hub.fleet(), hub.config.router)
         return web.json_response(decision_document(decision))
 
     app.router.add_post("/api/route", route_dry_run)

@@ -26,10 +26,12 @@ from .energy.model import EnergyMode, EnergySnapshot
 from .energy.snapshot import DeviceEnergyView, compute_snapshot
 from .energy.store import EnergyInputsChanged, EnergyReading, EnergyStore
 from .history import SqliteHistory
+from .router.fleet import fleet_snapshot
+from .router.model import FleetSnapshot
 from .http_api import make_app
 from .mqtt import Birth, Message, MqttLink, MqttOptions
 from .plugins import PluginManager
-from .registry import DeviceRegistry, DeviceRemoved
+from .registry import DeviceChanged, DeviceRegistry, DeviceRemoved
 from .rejects import Rejections
 from .state import StateStore
 from .topics import Topics
@@ -62,6 +64,9 @@ class Hub:
         self._listening_since = 0.0
         self._energy_changed = asyncio.Event()
         self.last_energy_snapshot: EnergySnapshot | None = None
+        self._fleet: FleetSnapshot | None = None
+        self._fleet_built = 0.0
+        self._fleet_dirty = True
         self._gc_threshold: tuple[int, int, int] | None = None
 
     async def __aenter__(self) -> "Hub":
@@ -110,6 +115,8 @@ class Hub:
         self.mqtt = await self._stack.enter_async_context(
             MqttLink(opts, self._on_mqtt_message, on_state=self._on_mqtt_state))
         self.bus.subscribe(DeviceRemoved, self._clear_retained)
+        for event in (DeviceChanged, DeviceRemoved, EnergyInputsChanged):
+            self.bus.subscribe(event, self._mark_fleet_dirty)
 
         if cfg.zeroconf.enabled:
             await self._stack.enter_async_context(ZeroconfDiscovery(cfg.zeroconf, self.registry, self.rejections))
@@ -219,6 +226,18 @@ class Hub:
                 charging=report.charging if report else power.charging,
                 active_w=power.active_w, report_at=rec.energy_at))
         return views
+
+    def fleet(self) -> FleetSnapshot:
+        """The router's view of the fleet, rebuilt at most once a second and only after a device
+        or energy change (building it indexes every model by task: ~8 ms for 1,000 devices)."""
+        now = time.monotonic()
+        if self._fleet is None or (self._fleet_dirty and now - self._fleet_built >= 1.0):
+            self._fleet = fleet_snapshot(self.registry.all(), self.energy_snapshot())
+            self._fleet_built, self._fleet_dirty = now, False
+        return self._fleet
+
+    def _mark_fleet_dirty(self, _event: object) -> None:
+        self._fleet_dirty = True
 
     def energy_snapshot(self, now: float | None = None) -> EnergySnapshot:
         return compute_snapshot(time.time() if now is None else now, self.energy.inputs, self.energy.forecasts,

@@ -74,9 +74,60 @@ class DeviceView:
 
 
 @dataclass(frozen=True, slots=True)
+class Entry:
+    """One (device, model) pair with everything about it that does not depend on the request,
+    computed once per fleet snapshot instead of once per decision."""
+
+    device: DeviceView
+    model: ModelSpec
+    cloud: bool
+    tier: Tier
+    quality: float
+    p50: float
+    p95: float
+    queue_ms: float
+    measured: bool
+    joules: float  # local devices: per call; cloud: per call is token-dependent (0 here)
+    gco2: float
+    cost: float
+    below_floor: bool  # on battery below its floor: serves only its own tasks
+
+
+#: Typical p50/p95 (ms) for a tier when a model has not been measured yet.
+TIER_LATENCY_MS = {Tier.tiny: (10, 30), Tier.small: (600, 1500), Tier.medium: (1500, 4000), Tier.large: (2000, 6000)}
+
+
+def _entry(d: DeviceView, m: ModelSpec) -> Entry:
+    cloud = m.runtime == "cloud" or d.tier is Tier.large
+    measured = m.latency_ms is not None
+    p50, p95 = (m.latency_ms.p50, m.latency_ms.p95) if m.latency_ms is not None else TIER_LATENCY_MS[d.tier]
+    queue = (d.active_tasks - m.max_concurrency + 1) * p50 if d.active_tasks >= m.max_concurrency else 0.0
+    joules = gco2 = cost = 0.0
+    if not cloud:
+        joules = m.energy_j_per_call if m.energy_j_per_call is not None else (d.active_w or 0.0) * (p50 + queue) / 1000
+        gco2 = joules / 3.6e6 * (d.marginal_g_per_kwh or 0.0)
+        cost = joules / 3.6e6 * (d.marginal_price_per_kwh or 0.0)
+    below = (d.power_source == "battery" and not d.charging and d.battery_pct is not None
+             and d.battery_pct < d.battery_floor_pct)
+    return Entry(d, m, cloud, Tier.large if cloud else d.tier, m.quality if m.quality is not None else 0.5,
+                 p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, below)
+
+
+@dataclass(frozen=True)
 class FleetSnapshot:
     now: float
     devices: tuple[DeviceView, ...]
+    #: task → the (device, model) entries serving it; built once, read by every decision.
+    by_task: dict[str, tuple[Entry, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[Entry]] = {}
+        for d in self.devices:
+            for m in d.models:
+                e = _entry(d, m)
+                for task in m.tasks:
+                    index.setdefault(task, []).append(e)
+        object.__setattr__(self, "by_task", {t: tuple(es) for t, es in index.items()})
 
 
 @dataclass(frozen=True, slots=True)
