@@ -117,7 +117,7 @@ def make_app(hub: "Hub") -> web.Application:
             req = TaskRequest.model_validate_json(await request.read())
         except ValidationError as exc:
             return error(400, "bad_request", format_validation_error(exc).replace("\n", "; "))
-        decision = route(req, hub.fleet(), hub.config.router)
+        decision = route(req, hub.fleet(), hub.config.router, hub.stats.snapshot())
         return web.json_response(decision_document(decision))
 
     app.router.add_post("/api/route", route_dry_run)

@@ -28,6 +28,7 @@ from .energy.store import EnergyInputsChanged, EnergyReading, EnergyStore
 from .history import SqliteHistory
 from .router.fleet import fleet_snapshot
 from .router.model import FleetSnapshot
+from .router.stats import StatsStore
 from .http_api import make_app
 from .mqtt import Birth, Message, MqttLink, MqttOptions
 from .plugins import PluginManager
@@ -95,6 +96,9 @@ class Hub:
             self.influx = await self._stack.enter_async_context(
                 InfluxWriter(cfg.history.influx, self.data_dir / "influx-spool.sqlite3"))
         self.bus.subscribe(EnergyReading, lambda r: self.record(r.metric, r.at, r.value))
+        # What the router learns from outcomes survives restarts.
+        self.stats = StatsStore(cfg.router.learning, self.data_dir / "router-stats.sqlite3")
+        self._stack.callback(self.stats.close)
         self.bus.subscribe(EnergyInputsChanged, lambda _e: self._energy_changed.set())
         # Plugin configs are validated before anything starts, so that a typo fails fast.
         self.plugins = PluginManager(self.bus, self.state, self.registry, self.energy, self.data_dir, cfg.plugins)
@@ -201,6 +205,7 @@ class Hub:
             if time.monotonic() - last_flush >= 0.5:
                 await self.registry.flush_async()
                 await self.history.flush_async()
+                self.stats.flush()
                 await self.history.maintain()
                 last_flush = time.monotonic()
 

@@ -168,3 +168,68 @@ async def test_dry_run_endpoint(mosquitto: Any, make_hub: Any, spawn_agent: Any)
             assert r.status == 400 and "unknown task" in err["error"]["message"]
             async with s.post(f"{hub.http_url}/api/route", data=b"{not json") as r:
                 assert r.status == 400
+
+
+# -- learning from outcomes --------------------------------------------------------------------
+
+def outcome(device: str, model: str, task: str, ok: bool, ms: float, at: float = NOW, tier: str = "small") -> Any:
+    from hub.router.stats import Outcome
+    return Outcome("r", device, model, task, tier, ok, ms, at)
+
+
+def test_learned_latency_replaces_the_announced_one(tmp_path: Any) -> None:
+    from hub.router.stats import LearningConfig, StatsStore
+    store = StatsStore(LearningConfig(min_samples=5))
+    fl = fleet(view("laptop"))
+    req = TaskRequest(task="summarize", text="a note", budget_ms=10_000)
+    assert route(req, fl, CFG, store.snapshot()).chosen.p95_ms == 900  # announced
+    for ms in (2000, 2100, 2200, 2300, 2400):
+        store.record(outcome("laptop", "smollm2-135m", "summarize", True, ms))
+    c = route(req, fl, CFG, store.snapshot()).chosen
+    assert c.p50_ms == 2200 and c.p95_ms == pytest.approx(2380)
+    assert any("learned from 5 outcomes" in r for r in c.reasons)
+
+
+def test_cooldown_after_repeated_failures_then_recovery() -> None:
+    from hub.router.stats import LearningConfig, StatsStore
+    store = StatsStore(LearningConfig(cooldown_after_failures=3, cooldown_s=60))
+    fl = fleet(view("laptop"), view("gpu-box"))
+    req = TaskRequest(task="summarize", text="a note", budget_ms=10_000)
+    for i in range(3):
+        store.record(outcome("gpu-box", "llama3.1:8b", "summarize", False, 0, at=NOW - 10 + i))
+    d = route(req, fl, CFG, store.snapshot())
+    assert all(c.model != "llama3.1:8b" for c in d.chain)
+    ex = next(e for e in d.excluded if e.model == "llama3.1:8b")
+    assert "cooling down" in ex.reason and "3 failures in a row" in ex.reason
+    later = FleetSnapshot(NOW + 120, fl.devices)
+    back = route(req, later, CFG, store.snapshot())
+    assert any(c.model == "llama3.1:8b" for c in back.chain), "back after the cooldown"
+    assert any("0% success" in r for c in back.chain if c.model == "llama3.1:8b" for r in c.reasons)
+    # A fourth failure doubles the cooldown.
+    store.record(outcome("gpu-box", "llama3.1:8b", "summarize", False, 0, at=NOW + 120))
+    assert store.snapshot().models[("gpu-box", "llama3.1:8b", "summarize")].cooldown_until == NOW + 240
+
+
+def test_de_escalation_when_a_smaller_tier_keeps_succeeding() -> None:
+    from hub.router.stats import LearningConfig, StatsStore
+    store = StatsStore(LearningConfig(de_escalate_samples=20, de_escalate_success=0.95))
+    req = TaskRequest(task="qa", text="```python\ndef f(x):\n    return x\n```\nwhy? step by step")
+    fl = fleet(view("laptop"), view("gpu-box"))
+    assert route(req, fl, CFG, store.snapshot()).min_tier is Tier.medium
+    for i in range(20):
+        store.record(outcome("laptop", "smollm2-135m", "qa", True, 500, tier="small"))
+    d = route(req, fl, CFG, store.snapshot())
+    assert d.min_tier is Tier.small and any("de-escalated to small" in r for r in d.reasons)
+
+
+def test_stats_persist(tmp_path: Any) -> None:
+    from hub.router.stats import LearningConfig, StatsStore
+    store = StatsStore(LearningConfig(), tmp_path / "stats.sqlite3")
+    for ms in (100, 200, 300):
+        store.record(outcome("laptop", "m", "qa", True, ms))
+    store.record(outcome("laptop", "m", "qa", False, 0))
+    store.close()
+    again = StatsStore(LearningConfig(), tmp_path / "stats.sqlite3").snapshot()
+    learned = again.models[("laptop", "m", "qa")]
+    assert learned.n == 4 and learned.success_rate == 0.75 and learned.p50_ms == 200
+    assert again.tiers[("qa", "small")] == (4, 3)

@@ -74,6 +74,16 @@ class DeviceView:
 
 
 @dataclass(frozen=True, slots=True)
+class Live:
+    """Latency and success rate of an entry for one decision: announced, or learned."""
+
+    p50: float
+    p95: float
+    success_rate: float
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One (device, model) pair with everything about it that does not depend on the request,
     computed once per fleet snapshot instead of once per decision."""
@@ -91,6 +101,7 @@ class Entry:
     gco2: float
     cost: float
     below_floor: bool  # on battery below its floor: serves only its own tasks
+    announced: Live  # what to use while nothing has been learned
 
 
 #: Typical p50/p95 (ms) for a tier when a model has not been measured yet.
@@ -110,7 +121,8 @@ def _entry(d: DeviceView, m: ModelSpec) -> Entry:
     below = (d.power_source == "battery" and not d.charging and d.battery_pct is not None
              and d.battery_pct < d.battery_floor_pct)
     return Entry(d, m, cloud, Tier.large if cloud else d.tier, m.quality if m.quality is not None else 0.5,
-                 p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, below)
+                 p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, below,
+                 Live(p50 + queue, p95 + queue, 1.0, ""))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..capability import Tier
-from .model import Candidate, Entry, Exclusion, FleetSnapshot, RouteDecision, TaskRequest
+from .model import Candidate, Entry, Exclusion, FleetSnapshot, Live, RouteDecision, TaskRequest
+from .stats import LearningConfig, StatsSnapshot
+
+_NO_STATS = StatsSnapshot()
+
 
 #: Expected answer length per task (tokens), for cloud prices and energy per token.
 OUTPUT_TOKENS = {"intent": 5, "classify": 5, "embed": 0, "eeg": 1, "echo": 0, "transcribe": 200, "format": 100,
@@ -49,6 +53,9 @@ class RouterConfig(BaseModel):
     cloud_g_per_kwh: float = Field(default=300, ge=0)
     #: How many ranked candidates a decision carries (the chosen one and its fallbacks).
     chain_length: int = Field(default=8, ge=1, le=100)
+    #: Score added per unit of failure rate learned from outcomes.
+    weight_failure: float = Field(default=3.0, ge=0)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
 
 
 # -- complexity ------------------------------------------------------------------------------------
@@ -102,14 +109,16 @@ def _cloud_cost(req: TaskRequest, e: Entry, cfg: RouterConfig) -> tuple[float, f
     return joules, joules / 3.6e6 * cfg.cloud_g_per_kwh, cost, price is not None
 
 
-def _candidate(req: TaskRequest, e: Entry, cfg: RouterConfig, score: float, escalated: bool) -> Candidate:
+def _candidate(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, score: float, escalated: bool) -> Candidate:
     """The candidate with its reasons in words (only for the chain that is returned)."""
     d, m, tier = e.device, e.model, e.tier
     joules, gco2, cost, priced = _cloud_cost(req, e, cfg) if e.cloud else (e.joules, e.gco2, e.cost, True)
     reasons = ["escalation: nothing local meets the budget"] if escalated else []
-    reasons += [f"{tier.value} {m.runtime} model, p95 {e.p95:.0f} ms of {req.budget_ms:.0f} ms budget",
+    reasons += [f"{tier.value} {m.runtime} model, p95 {live.p95:.0f} ms of {req.budget_ms:.0f} ms budget",
                 f"{joules:.3g} J, {gco2:.3g} gCO2, {cost:.4g} money, quality {e.quality:.2f}"]
-    if not e.measured:
+    if live.note:
+        reasons.append(live.note)
+    elif not e.measured:
         reasons.append("latency not measured yet: tier default")
     if e.queue_ms:
         reasons.append(f"{d.active_tasks} tasks running: +{e.queue_ms:.0f} ms queueing")
@@ -117,25 +126,54 @@ def _candidate(req: TaskRequest, e: Entry, cfg: RouterConfig, score: float, esca
         reasons.append("no price configured for this cloud model")
     if d.energy_mode == "prefer_small" and tier.rank > Tier.small.rank:
         reasons.append("device prefers small models (battery below 50 %)")
-    return Candidate(d.id, m.name, m.runtime, tier, e.p50, e.p95, joules, gco2, cost, e.quality, score,
-                     e.p95 <= req.budget_ms, tuple(reasons))
+    return Candidate(d.id, m.name, m.runtime, tier, live.p50, live.p95, joules, gco2, cost, e.quality, score,
+                     live.p95 <= req.budget_ms, tuple(reasons))
 
 
 # -- the decision --------------------------------------------------------------------------------
 
-def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig) -> RouteDecision:
+def _live(e: Entry, task: str, stats: StatsSnapshot) -> tuple[Live, float]:
+    """Learned latency (when there are enough outcomes) and success rate; and the cooldown end."""
+    learned = stats.models.get((e.device.id, e.model.name, task)) if stats.models else None
+    if learned is None:
+        return e.announced, 0.0
+    if learned.n >= stats.config.min_samples and learned.p95_ms is not None and learned.p50_ms is not None:
+        live = Live(learned.p50_ms + e.queue_ms, learned.p95_ms + e.queue_ms, learned.success_rate,
+                     f"learned from {learned.n} outcomes: p95 {learned.p95_ms:.0f} ms, "
+                     f"{learned.success_rate:.0%} success")
+    else:
+        live = Live(e.p50, e.p95, learned.success_rate, f"{learned.n} outcomes so far, {learned.success_rate:.0%} success")
+    return live, learned.cooldown_until
+
+
+def _de_escalate(req: TaskRequest, min_tier: Tier, stats: StatsSnapshot) -> tuple[Tier, str]:
+    """A smaller tier that keeps succeeding at this task is allowed below the estimate."""
+    if min_tier is Tier.tiny:
+        return min_tier, ""
+    lower = [t for t in Tier if t.rank == min_tier.rank - 1][0]
+    n, ok = stats.tiers.get((req.task, lower.value), (0, 0))
+    cfg = stats.config
+    if n >= cfg.de_escalate_samples and ok / n >= cfg.de_escalate_success:
+        return lower, f"de-escalated to {lower.value}: it succeeded {ok / n:.0%} of {n} times at {req.task}"
+    return min_tier, ""
+
+
+def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
+          stats: StatsSnapshot | None = None) -> RouteDecision:
     policy = cfg.policy
+    stats = stats or _NO_STATS
     complexity = estimate_complexity(req)
-    min_tier = complexity.min_tier
+    min_tier, de_escalation = _de_escalate(req, complexity.min_tier, stats)
     min_rank = min_tier.rank
     budget = req.budget_ms
     target = max(req.quality_floor, cfg.quality_good_enough)
     local_policy = policy in ("local-first", "seed-rules")
+    learned_any = bool(stats.models)
     excluded: list[Exclusion] = []
     # (over budget, score, p95, n) for every candidate; reasons in words are written only for
     # the chain that is returned (a 1,000-device fleet has thousands of candidates).
     scored: list[tuple[bool, float, float, int]] = []
-    entries: list[tuple[Entry, bool]] = []
+    entries: list[tuple[Entry, Live, bool]] = []
     held_back: list[Entry] = []  # cloud entries a local policy keeps for escalation
     floors: set[str] = set()
     for e in fleet.by_task.get(req.task, ()):
@@ -162,22 +200,30 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig) -> RouteDec
         elif local_policy and e.cloud and d.energy_mode != "clean_grid":
             why = f"policy {policy}: cloud only when the grid is clean or nothing local fits"
             held_back.append(e)
+        live, cooldown_until = _live(e, req.task, stats) if learned_any else (e.announced, 0.0)
+        if why is None and cooldown_until > fleet.now:
+            why = (f"cooling down for {cooldown_until - fleet.now:.0f} s more after "
+                   f"{stats.models[(d.id, e.model.name, req.task)].consecutive_failures} failures in a row")
         if why:
             excluded.append(Exclusion(d.id, e.model.name, why))
             continue
-        scored.append(_scored(req, e, cfg, policy, budget, target, len(entries)))
-        entries.append((e, False))
+        scored.append(_scored(req, e, live, cfg, policy, budget, target, len(entries)))
+        entries.append((e, live, False))
     if local_policy and held_back and not any(not s[0] for s in scored):
         # Nothing local fits: escalation to the cloud is allowed after all.
         for e in held_back:
-            scored.append(_scored(req, e, cfg, policy, budget, target, len(entries)))
-            entries.append((e, True))
+            live, _ = _live(e, req.task, stats)
+            scored.append(_scored(req, e, live, cfg, policy, budget, target, len(entries)))
+            entries.append((e, live, True))
         escalated = {(e.device.id, e.model.name) for e in held_back}
         excluded = [x for x in excluded if (x.device_id, x.model) not in escalated]
     head = heapq.nsmallest(cfg.chain_length, scored)
-    chain = tuple(_candidate(req, entries[i][0], cfg, score, entries[i][1]) for _over, score, _p95, i in head)
+    chain = tuple(_candidate(req, entries[i][0], entries[i][1], cfg, score, entries[i][2])
+                  for _over, score, _p95, i in head)
     reasons = [f"policy {policy}; minimum tier {min_tier.value}"
                + (f" ({', '.join(complexity.cues)})" if complexity.cues else "")]
+    if de_escalation:
+        reasons.append(de_escalation)
     if chain:
         c = chain[0]
         reasons.append(f"chose {c.model} on {c.device_id}: score {c.score:.3f}"
@@ -189,20 +235,22 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig) -> RouteDec
     return RouteDecision(req.id, req.task, policy, min_tier, chain, tuple(excluded), tuple(reasons))
 
 
-def _scored(req: TaskRequest, e: Entry, cfg: RouterConfig, policy: str, budget: float, target: float,
-            n: int) -> tuple[bool, float, float, int]:
+def _scored(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, policy: str, budget: float,
+            target: float, n: int) -> tuple[bool, float, float, int]:
     """The sort key of a candidate: over budget last, then by score (lower is better)."""
-    over = e.p95 > budget
+    p95 = live.p95
+    over = p95 > budget
+    failing = cfg.weight_failure * (1.0 - live.success_rate)
     if policy in ("local-first", "seed-rules"):
         # The smallest capable layer first, then the fastest.
-        return over, e.tier.rank + e.p95 / budget / 10, e.p95, n
+        return over, e.tier.rank + p95 / budget / 10 + failing, p95, n
     if policy == "always-cloud":
-        return over, e.p95 / budget, e.p95, n
+        return over, p95 / budget + failing, p95, n
     gco2, cost = (_cloud_cost(req, e, cfg)[1:3]) if e.cloud else (e.gco2, e.cost)
-    score = (cfg.weight_quality * max(0.0, target - e.quality) + cfg.weight_latency * e.p95 / budget
-             + cfg.weight_carbon * gco2 / cfg.carbon_ref_g + cfg.weight_money * cost / cfg.money_ref)
+    score = (cfg.weight_quality * max(0.0, target - e.quality) + cfg.weight_latency * p95 / budget
+             + cfg.weight_carbon * gco2 / cfg.carbon_ref_g + cfg.weight_money * cost / cfg.money_ref + failing)
     if over:
         score += 10.0
     if e.device.energy_mode == "prefer_small" and e.tier.rank > 1:
         score += 1.0
-    return over, score, e.p95, n
+    return over, score, p95, n
