@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
     en.add_argument("--json", action="store_true")
 
+    co = sub.add_parser("costs", help="the cost ledger: per layer today, this week, this month, and the saving")
+    co.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
+    co.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="hub + simulated fleet, no configuration")
     demo.add_argument("--http-port", type=int, default=8700)
     demo.add_argument("--data-dir", type=Path)
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return _show(args, "/api/devices", lambda data: format_device_table(data["devices"]))
         if args.command == "energy":
             return _show(args, "/api/energy", format_energy)
+        if args.command == "costs":
+            return _show(args, "/api/costs", format_costs)
         if args.command == "demo":
             from .demo import run_demo
             _setup_logging(args.log_level)
@@ -229,6 +235,21 @@ def format_energy(snap: dict[str, Any]) -> str:
             battery = "-" if d["battery_pct"] is None else f"{d['battery_pct']:.0f}%"
             lines.append(f"{device_id:17} {d['source']:8} {battery:8} {d['mode']:13} "
                          f"{show(d['marginal_g_per_kwh'], ''):9} {show(d['marginal_price_per_kwh'], '', 3)}")
+    return "\n".join(lines)
+
+
+def format_costs(report: dict[str, Any]) -> str:
+    lines = []
+    for period in ("today", "week", "month"):
+        r = report[period]
+        t = r["total"]
+        lines.append(f"{period}: {t['count']} tasks, cost {t['cost']:.4f}, {t['joules']:.0f} J, {t['gco2']:.2f} gCO2; "
+                     f"all-cloud would have cost {t['all_cloud_cost']:.4f} (saved {t['saved_cost']:.4f}, estimate)")
+        for layer, v in r["by_layer"].items():
+            lines.append(f"  {layer:8} {v['count']:6} tasks  cost {v['cost']:.4f}  {v['gco2']:.2f} gCO2  "
+                         f"mean {v['mean_latency_ms']:.0f} ms")
+    cache = report.get("cache", {})
+    lines.append(f"cache: {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
     return "\n".join(lines)
 
 

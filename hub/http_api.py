@@ -120,7 +120,13 @@ def make_app(hub: "Hub") -> web.Application:
         decision = route(req, hub.fleet(), hub.config.router, hub.stats.snapshot())
         return web.json_response(decision_document(decision))
 
+    async def costs(request: web.Request) -> web.Response:
+        report = await asyncio.to_thread(hub.ledger.periods)
+        report["cache"] = {"hits": hub.cache.hits, "misses": hub.cache.misses}
+        return web.json_response(report)
+
     app.router.add_post("/api/route", route_dry_run)
+    app.router.add_get("/api/costs", costs)
     app.router.add_get("/api/energy", energy)
     app.router.add_get("/api/energy/best-window", best_window_route)
     app.router.add_get("/api/energy/history", energy_history)

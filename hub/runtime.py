@@ -28,6 +28,8 @@ from .energy.store import EnergyInputsChanged, EnergyReading, EnergyStore
 from .history import SqliteHistory
 from .router.fleet import fleet_snapshot
 from .router.model import FleetSnapshot
+from .router.cache import ResultCache
+from .router.ledger import Ledger
 from .router.stats import StatsStore
 from .http_api import make_app
 from .mqtt import Birth, Message, MqttLink, MqttOptions
@@ -99,6 +101,10 @@ class Hub:
         # What the router learns from outcomes survives restarts.
         self.stats = StatsStore(cfg.router.learning, self.data_dir / "router-stats.sqlite3")
         self._stack.callback(self.stats.close)
+        self.ledger = Ledger(self.data_dir / "ledger.sqlite3")
+        self._stack.callback(self.ledger.close)
+        self.cache = ResultCache(cfg.router.cache, self.data_dir / "cache.sqlite3")
+        self._stack.callback(self.cache.close)
         self.bus.subscribe(EnergyInputsChanged, lambda _e: self._energy_changed.set())
         # Plugin configs are validated before anything starts, so that a typo fails fast.
         self.plugins = PluginManager(self.bus, self.state, self.registry, self.energy, self.data_dir, cfg.plugins)
@@ -206,6 +212,7 @@ class Hub:
                 await self.registry.flush_async()
                 await self.history.flush_async()
                 self.stats.flush()
+                self.ledger.flush()
                 await self.history.maintain()
                 last_flush = time.monotonic()
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..capability import Tier
 from .model import Candidate, Entry, Exclusion, FleetSnapshot, Live, RouteDecision, TaskRequest
+from .cache import CacheConfig
 from .stats import LearningConfig, StatsSnapshot
 
 _NO_STATS = StatsSnapshot()
@@ -56,6 +57,9 @@ class RouterConfig(BaseModel):
     #: Score added per unit of failure rate learned from outcomes.
     weight_failure: float = Field(default=3.0, ge=0)
     learning: LearningConfig = Field(default_factory=LearningConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    #: The cloud model the ledger's "had everything gone to the cloud" is priced with.
+    counterfactual_model: str = "*"
 
 
 # -- complexity ------------------------------------------------------------------------------------
@@ -98,6 +102,14 @@ def estimate_complexity(req: TaskRequest) -> Complexity:
 
 def _tokens(req: TaskRequest) -> tuple[int, int]:
     return req.size() // 4, OUTPUT_TOKENS.get(req.task, 150)
+
+
+def cloud_counterfactual(req: TaskRequest, cfg: RouterConfig) -> tuple[float, float]:
+    """Money and gCO2 of the same request sent to the cloud (the ledger's comparison)."""
+    tin, tout = _tokens(req)
+    price = cfg.cloud_prices.get(cfg.counterfactual_model) or cfg.cloud_prices.get("*")
+    cost = (tin * price.input_per_mtok + tout * price.output_per_mtok) / 1e6 if price else 0.0
+    return cost, (tin + tout) * cfg.cloud_j_per_token / 3.6e6 * cfg.cloud_g_per_kwh
 
 
 def _cloud_cost(req: TaskRequest, e: Entry, cfg: RouterConfig) -> tuple[float, float, float, bool]:

@@ -1,0 +1,97 @@
+"""The cost ledger: what every task cost, per layer, device and task type — count, money, joules,
+gCO2, latency — and what it would have cost had everything gone to the cloud.
+
+One row per finished request (the dispatcher writes it; cache hits too, at zero cost), in SQLite
+under the data directory. Reports aggregate over a period; the counterfactual uses the request's
+token estimate and the configured cloud price, so "saved" is an estimate and says so.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    request_id: str
+    at: float
+    task: str
+    device_id: str  # "cache" for cache hits
+    model: str
+    layer: str  # tier: tiny | small | medium | large, or "cache" / "rule"
+    ok: bool
+    latency_ms: float
+    joules: float
+    gco2: float
+    cost: float
+    cloud_cost: float  # the counterfactual: the same request sent to the cloud
+    cloud_gco2: float
+
+
+PERIODS = {"today": 86400, "week": 7 * 86400, "month": 30 * 86400}
+
+
+class Ledger:
+    def __init__(self, path: Path | None) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path or ":memory:", check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock, self._db:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS ledger (request_id TEXT, at REAL, task TEXT, device TEXT, model TEXT,"
+                " layer TEXT, ok INTEGER, latency_ms REAL, joules REAL, gco2 REAL, cost REAL, cloud_cost REAL,"
+                " cloud_gco2 REAL)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at)")
+        self._pending: list[LedgerEntry] = []
+
+    def add(self, e: LedgerEntry) -> None:
+        self._pending.append(e)
+
+    def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        with self._lock, self._db:
+            self._db.executemany("INSERT INTO ledger VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                 [(e.request_id, e.at, e.task, e.device_id, e.model, e.layer, int(e.ok), e.latency_ms,
+                                   e.joules, e.gco2, e.cost, e.cloud_cost, e.cloud_gco2) for e in batch])
+
+    def report(self, since: float, until: float | None = None) -> dict[str, Any]:
+        """Totals, and breakdowns by layer, device and task, over [since, until)."""
+        self.flush()
+        until = time.time() if until is None else until
+        cols = ("count(*), coalesce(sum(ok),0), coalesce(sum(cost),0), coalesce(sum(joules),0), coalesce(sum(gco2),0),"
+                " coalesce(avg(latency_ms),0), coalesce(sum(cloud_cost),0), coalesce(sum(cloud_gco2),0)")
+
+        def row(r: tuple[Any, ...]) -> dict[str, Any]:
+            n, ok, cost, joules, gco2, lat, cloud_cost, cloud_gco2 = r
+            return {"count": n, "ok": ok, "cost": round(cost, 6), "joules": round(joules, 3),
+                    "gco2": round(gco2, 4), "mean_latency_ms": round(lat, 2),
+                    "all_cloud_cost": round(cloud_cost, 6), "saved_cost": round(cloud_cost - cost, 6),
+                    "all_cloud_gco2": round(cloud_gco2, 4)}
+
+        with self._lock:
+            total = row(self._db.execute(f"SELECT {cols} FROM ledger WHERE at >= ? AND at < ?", (since, until)).fetchone())
+            groups = {}
+            for key in ("layer", "device", "task"):
+                groups[f"by_{key}"] = {
+                    r[0]: row(r[1:]) for r in self._db.execute(
+                        f"SELECT {key}, {cols} FROM ledger WHERE at >= ? AND at < ? GROUP BY {key} ORDER BY {key}",
+                        (since, until))}
+        return {"since": since, "until": until, "total": total, **groups}
+
+    def periods(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        return {name: self.report(now - span, now) for name, span in PERIODS.items()}
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            self._db.close()
