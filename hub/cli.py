@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
     co.add_argument("--json", action="store_true")
 
+    ru = sub.add_parser("rules", help="compiled patterns: list, approve or disable")
+    ru.add_argument("action", choices=["list", "approve", "disable"])
+    ru.add_argument("rule_id", nargs="?")
+    ru.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
+    ru.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="hub + simulated fleet, no configuration")
     demo.add_argument("--http-port", type=int, default=8700)
     demo.add_argument("--data-dir", type=Path)
@@ -103,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             return _show(args, "/api/energy", format_energy)
         if args.command == "costs":
             return _show(args, "/api/costs", format_costs)
+        if args.command == "rules":
+            return _cmd_rules(args)
         if args.command == "demo":
             from .demo import run_demo
             _setup_logging(args.log_level)
@@ -236,6 +244,40 @@ def format_energy(snap: dict[str, Any]) -> str:
             lines.append(f"{device_id:17} {d['source']:8} {battery:8} {d['mode']:13} "
                          f"{show(d['marginal_g_per_kwh'], ''):9} {show(d['marginal_price_per_kwh'], '', 3)}")
     return "\n".join(lines)
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _show(args, "/api/rules", format_rules)
+    if not args.rule_id:
+        print(f"error: sovereign rules {args.action} needs a rule id (see sovereign rules list)", file=sys.stderr)
+        return 2
+    req = urllib.request.Request(f"{args.url.rstrip('/')}/api/rules/{args.rule_id}/{args.action}", method="POST")
+    token = os.environ.get("SOVEREIGN_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            rule = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        print(f"error: {json.load(exc).get('error', {}).get('message', exc)}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+        return 1
+    print(f"rule {rule['id']} is now {rule['state']}")
+    return 0
+
+
+def format_rules(data: dict[str, Any]) -> str:
+    rows = [("ID", "STATE", "TASK", "SEEN", "HITS", "INPUT", "ANSWER")]
+    for r in data["rules"]:
+        rows.append((r["id"], r["state"], r["task"], str(r["observed"]), str(r["hits"]), r["pattern"][2:42],
+                     json.dumps(r["answer"])[:40]))
+    if len(rows) == 1:
+        return "(no compiled patterns yet)"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def format_costs(report: dict[str, Any]) -> str:

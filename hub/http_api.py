@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from .config import format_validation_error
 from .energy.forecast import NoWindow, best_window, mean_over
 from .router.model import Candidate, RouteDecision, TaskRequest
-from .router.route import route
+from .router.route import route, rule_decision
 
 if TYPE_CHECKING:
     from .runtime import Hub
@@ -117,7 +117,11 @@ def make_app(hub: "Hub") -> web.Application:
             req = TaskRequest.model_validate_json(await request.read())
         except ValidationError as exc:
             return error(400, "bad_request", format_validation_error(exc).replace("\n", "; "))
-        decision = route(req, hub.fleet(), hub.config.router, hub.stats.snapshot())
+        rule = hub.rules.find(req)
+        if rule is not None:
+            decision = rule_decision(req, rule.id, rule.answer, hub.config.router.policy)
+        else:
+            decision = route(req, hub.fleet(), hub.config.router, hub.stats.snapshot())
         return web.json_response(decision_document(decision))
 
     async def costs(request: web.Request) -> web.Response:
@@ -125,6 +129,18 @@ def make_app(hub: "Hub") -> web.Application:
         report["cache"] = {"hits": hub.cache.hits, "misses": hub.cache.misses}
         return web.json_response(report)
 
+    async def rules(request: web.Request) -> web.Response:
+        return web.json_response({"rules": [r.to_dict() for r in hub.rules.all()]})
+
+    async def rule_state(request: web.Request) -> web.Response:
+        state = {"approve": "approved", "disable": "disabled"}[request.match_info["action"]]
+        rule = hub.rules.set_state(request.match_info["id"], state)  # type: ignore[arg-type]
+        if rule is None:
+            return error(404, "unknown_rule", f"no rule with id {request.match_info['id']!r}")
+        return web.json_response(rule.to_dict())
+
+    app.router.add_get("/api/rules", rules)
+    app.router.add_post(r"/api/rules/{id}/{action:approve|disable}", rule_state)
     app.router.add_post("/api/route", route_dry_run)
     app.router.add_get("/api/costs", costs)
     app.router.add_get("/api/energy", energy)

@@ -30,6 +30,7 @@ from .router.fleet import fleet_snapshot
 from .router.model import FleetSnapshot
 from .router.cache import ResultCache
 from .router.ledger import Ledger
+from .router.rules import RuleBook
 from .router.stats import StatsStore
 from .http_api import make_app
 from .mqtt import Birth, Message, MqttLink, MqttOptions
@@ -105,6 +106,8 @@ class Hub:
         self._stack.callback(self.ledger.close)
         self.cache = ResultCache(cfg.router.cache, self.data_dir / "cache.sqlite3")
         self._stack.callback(self.cache.close)
+        self.rules = RuleBook(cfg.router.rules, self.data_dir / "rules.sqlite3")
+        self._stack.callback(self.rules.close)
         self.bus.subscribe(EnergyInputsChanged, lambda _e: self._energy_changed.set())
         # Plugin configs are validated before anything starts, so that a typo fails fast.
         self.plugins = PluginManager(self.bus, self.state, self.registry, self.energy, self.data_dir, cfg.plugins)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..capability import Tier
 from .model import Candidate, Entry, Exclusion, FleetSnapshot, Live, RouteDecision, TaskRequest
 from .cache import CacheConfig
+from .rules import RulesConfig
 from .stats import LearningConfig, StatsSnapshot
 
 _NO_STATS = StatsSnapshot()
@@ -58,6 +59,7 @@ class RouterConfig(BaseModel):
     weight_failure: float = Field(default=3.0, ge=0)
     learning: LearningConfig = Field(default_factory=LearningConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
     #: The cloud model the ledger's "had everything gone to the cloud" is priced with.
     counterfactual_model: str = "*"
 
@@ -99,6 +101,13 @@ def estimate_complexity(req: TaskRequest) -> Complexity:
 
 
 # -- prediction ------------------------------------------------------------------------------------
+
+def rule_decision(req: TaskRequest, rule_id: str, answer: object, policy: str) -> RouteDecision:
+    """An approved compiled pattern answers at the code layer, before any model is asked."""
+    c = Candidate("hub", f"rule:{rule_id}", "code", Tier.tiny, 0.05, 0.1, 0.0, 0.0, 0.0, 1.0, 0.0, True,
+                  (f"approved compiled pattern {rule_id}: answered {answer!r} before, every time",))
+    return RouteDecision(req.id, req.task, policy, Tier.tiny, (c,), (), (f"rule {rule_id} matches: no model needed",))
+
 
 def _tokens(req: TaskRequest) -> tuple[int, int]:
     return req.size() // 4, OUTPUT_TOKENS.get(req.task, 150)
