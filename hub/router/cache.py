@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 import threading
 import time
 import unicodedata
@@ -16,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..sqlite_db import open_db
 from .model import TaskRequest
 
 #: Default lifetimes (s). Intents and classes of a fixed text do not change; answers to
@@ -53,14 +53,9 @@ def cache_key(req: TaskRequest, model_class: str) -> str:
 class ResultCache:
     def __init__(self, cfg: CacheConfig, path: Path | None) -> None:
         self.cfg = cfg
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path or ":memory:", check_same_thread=False)
+        self._db = open_db(path, "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, task TEXT, stored REAL,"
+                                 " expires REAL, result TEXT)")
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, task TEXT, stored REAL,"
-                             " expires REAL, result TEXT)")
         self.hits = 0
         self.misses = 0
 

@@ -8,12 +8,13 @@ token estimate and the configured cloud price, so "saved" is an estimate and say
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..sqlite_db import open_db
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,17 +39,13 @@ PERIODS = {"today": 86400, "week": 7 * 86400, "month": 30 * 86400}
 
 class Ledger:
     def __init__(self, path: Path | None) -> None:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path or ":memory:", check_same_thread=False)
+        self._db = open_db(
+            path,
+            "CREATE TABLE IF NOT EXISTS ledger (request_id TEXT, at REAL, task TEXT, device TEXT, model TEXT,"
+            " layer TEXT, ok INTEGER, latency_ms REAL, joules REAL, gco2 REAL, cost REAL, cloud_cost REAL,"
+            " cloud_gco2 REAL)",
+            "CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at)")
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS ledger (request_id TEXT, at REAL, task TEXT, device TEXT, model TEXT,"
-                " layer TEXT, ok INTEGER, latency_ms REAL, joules REAL, gco2 REAL, cost REAL, cloud_cost REAL,"
-                " cloud_gco2 REAL)")
-            self._db.execute("CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at)")
         self._pending: list[LedgerEntry] = []
 
     def add(self, e: LedgerEntry) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..sqlite_db import open_db
 from .cache import normalise
 from .model import TaskRequest
 
@@ -57,14 +57,9 @@ class Rule:
 class RuleBook:
     def __init__(self, cfg: RulesConfig, path: Path | None) -> None:
         self.cfg = cfg
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path or ":memory:", check_same_thread=False)
+        self._db = open_db(path, "CREATE TABLE IF NOT EXISTS rules (id TEXT PRIMARY KEY, task TEXT, pattern TEXT,"
+                                 " answer TEXT, state TEXT, observed INTEGER, hits INTEGER, created REAL)")
         self._lock = threading.Lock()
-        with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS rules (id TEXT PRIMARY KEY, task TEXT, pattern TEXT,"
-                             " answer TEXT, state TEXT, observed INTEGER, hits INTEGER, created REAL)")
         self._rules: dict[str, Rule] = {}
         with self._lock:
             for row in self._db.execute("SELECT id, task, pattern, answer, state, observed, hits, created FROM rules"):

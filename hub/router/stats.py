@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..sqlite_db import open_db
+
 Key = tuple[str, str, str]  # device, model, task
 
 
@@ -100,14 +102,11 @@ class StatsStore:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         if db_path is not None:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(db_path, check_same_thread=False)
-            with self._db:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("CREATE TABLE IF NOT EXISTS model_stats (device TEXT, model TEXT, task TEXT,"
-                                 " doc TEXT NOT NULL, PRIMARY KEY (device, model, task))")
-                self._db.execute("CREATE TABLE IF NOT EXISTS tier_stats (task TEXT, tier TEXT, n INTEGER, ok INTEGER,"
-                                 " PRIMARY KEY (task, tier))")
+            self._db = open_db(db_path,
+                               "CREATE TABLE IF NOT EXISTS model_stats (device TEXT, model TEXT, task TEXT,"
+                               " doc TEXT NOT NULL, PRIMARY KEY (device, model, task))",
+                               "CREATE TABLE IF NOT EXISTS tier_stats (task TEXT, tier TEXT, n INTEGER, ok INTEGER,"
+                               " PRIMARY KEY (task, tier))")
             self._load()
 
     def _load(self) -> None:
