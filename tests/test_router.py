@@ -233,3 +233,18 @@ def test_stats_persist(tmp_path: Any) -> None:
     learned = again.models[("laptop", "m", "qa")]
     assert learned.n == 4 and learned.success_rate == 0.75 and learned.p50_ms == 200
     assert again.tiers[("qa", "small")] == (4, 3)
+
+
+def test_seed_rules_follow_the_energy_modes() -> None:
+    seed = CFG.model_copy(update={"policy": "seed-rules"})
+    req = TaskRequest(task="summarize", text="a note", budget_ms=10_000)
+    night = fleet(view("laptop"), view("gpu-box"), cloud())
+    assert route(req, night, seed).chosen.device_id == "laptop"
+    assert any(e.device_id == "gpu-box" and "allows up to small" in e.reason for e in route(req, night, seed).excluded)
+    sun = fleet(view("laptop", mode="solar_peak"), view("gpu-box", mode="solar_peak"), cloud("solar_peak"))
+    d = route(TaskRequest(task="qa", text="```\ndef f(): pass\n```\nwhy, step by step?"), sun, seed)
+    assert d.chosen.device_id == "gpu-box", "solar peak allows the medium tier"
+    assert any(e.device_id == "cloud" for e in d.excluded)
+    clean = fleet(view("laptop", mode="clean_grid"), cloud("clean_grid"))
+    big = route(TaskRequest(task="reason", text="compare the plans step by step: 2+2=4, explain why"), clean, seed)
+    assert big.min_tier is Tier.large and big.chosen.device_id == "cloud"

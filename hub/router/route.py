@@ -26,6 +26,9 @@ _NO_STATS = StatsSnapshot()
 OUTPUT_TOKENS = {"intent": 5, "classify": 5, "embed": 0, "eeg": 1, "echo": 0, "transcribe": 200, "format": 100,
                  "summarize": 150, "qa": 150, "vision": 150, "draft": 400, "code": 400, "reason": 600}
 POLICIES = ("sovereign", "local-first", "always-cloud", "seed-rules")
+#: The design's rule router (policy seed-rules): the largest tier each energy mode allows.
+SEED_RULE_CAP = {"tiny_only": Tier.tiny, "prefer_small": Tier.small, "prefer_local": Tier.small,
+                 "solar_peak": Tier.medium, "clean_grid": Tier.large}
 
 
 class CloudPrice(BaseModel):
@@ -195,7 +198,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
     # the chain that is returned (a 1,000-device fleet has thousands of candidates).
     scored: list[tuple[bool, float, float, int]] = []
     entries: list[tuple[Entry, Live, bool]] = []
-    held_back: list[Entry] = []  # cloud entries a local policy keeps for escalation
+    held_back: list[Entry] = []  # entries a rule-based policy keeps for escalation
     floors: set[str] = set()
     for e in fleet.by_task.get(req.task, ()):
         d = e.device
@@ -218,8 +221,12 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
             why = "device in tiny_only mode (battery low)"
         elif policy == "always-cloud" and not e.cloud:
             why = "policy always-cloud"
-        elif local_policy and e.cloud and d.energy_mode != "clean_grid":
+        elif policy == "local-first" and e.cloud and d.energy_mode != "clean_grid":
             why = f"policy {policy}: cloud only when the grid is clean or nothing local fits"
+            held_back.append(e)
+        elif policy == "seed-rules" and tier.rank > SEED_RULE_CAP.get(d.energy_mode, Tier.small).rank:
+            cap = SEED_RULE_CAP.get(d.energy_mode, Tier.small)
+            why = f"policy {policy}: mode {d.energy_mode} allows up to {cap.value} unless nothing else fits"
             held_back.append(e)
         live, cooldown_until = _live(e, req.task, stats) if learned_any else (e.announced, 0.0)
         if why is None and cooldown_until > fleet.now:
