@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from .bus import EventBus
 from .capability import Capability
 from .energy.model import ForecastPoint
+from .energy.series import Series, SeriesError
 from .config import BrokerUrl
 from .energy.store import EnergyStore
 from .mqtt import Message, MqttLink, MqttOptions
@@ -30,7 +31,7 @@ from .state import StateStore
 # A plugin that reads a feed over MQTT (OpenDTU, for one) opens its own connection with the
 # hub's supervised MqttLink: same reconnect, TLS and credential handling as the hub's.
 __all__ = ["Plugin", "PluginConfig", "PluginContext", "DeviceSink", "EnergySink", "ForecastPoint", "Poller",
-           "SourceError", "BrokerUrl", "Message", "MqttLink", "MqttOptions"]
+           "SourceError", "BrokerUrl", "Message", "MqttLink", "MqttOptions", "Series", "SeriesError"]
 
 C = TypeVar("C", bound=BaseModel)
 
