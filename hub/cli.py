@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
     ru.add_argument("--json", action="store_true")
 
+    sim = sub.add_parser("simulate", help="replay a task trace through the router under each policy")
+    sim.add_argument("--fleet", type=Path, required=True)
+    sim.add_argument("--trace", type=Path, required=True)
+    sim.add_argument("--carbon", type=Path, help="Time,Carbon Intensity CSV (default: bundled GB 2020)")
+    sim.add_argument("--solar", type=Path, help="Time,Solar MW CSV (default: bundled GB 2020)")
+    sim.add_argument("--start", default="2020-06-01T00:00:00", help="where in the data the trace starts")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--policy", action="append", help="only these policies (repeatable)")
+    sim.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="hub + simulated fleet, no configuration")
     demo.add_argument("--http-port", type=int, default=8700)
     demo.add_argument("--data-dir", type=Path)
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return _show(args, "/api/costs", format_costs)
         if args.command == "rules":
             return _cmd_rules(args)
+        if args.command == "simulate":
+            return _cmd_simulate(args)
         if args.command == "demo":
             from .demo import run_demo
             _setup_logging(args.log_level)
@@ -244,6 +256,36 @@ def format_energy(snap: dict[str, Any]) -> str:
             lines.append(f"{device_id:17} {d['source']:8} {battery:8} {d['mode']:13} "
                          f"{show(d['marginal_g_per_kwh'], ''):9} {show(d['marginal_price_per_kwh'], '', 3)}")
     return "\n".join(lines)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from .simulate import POLICIES, format_table, simulate
+    data = Path(__file__).resolve().parent.parent / "plugins" / "replay" / "data"
+    policies = tuple(args.policy) if args.policy else POLICIES
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        print(f"error: unknown policy {unknown[0]!r} (known: {', '.join(POLICIES)})", file=sys.stderr)
+        return 2
+    for path in (args.fleet, args.trace, args.carbon, args.solar):
+        if path is not None and not path.is_file():
+            print(f"error: {path}: file not found", file=sys.stderr)
+            return 2
+    try:
+        start = datetime.fromisoformat(args.start)
+    except ValueError:
+        print(f"error: --start: not a time: {args.start!r}", file=sys.stderr)
+        return 2
+    result = simulate(args.fleet, args.trace, args.carbon or data / "gb_ci_2020.csv",
+                      args.solar or data / "gb_solar_2020.csv", start, args.seed, policies)
+    if args.json:
+        json.dump({"policies": result["policies"]}, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"{result['tasks']} tasks from {args.trace}, seed {args.seed}")
+        print(format_table(result))
+    return 0
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:

@@ -134,6 +134,9 @@ def test_policies() -> None:
                                                   latency_ms=LatencyMs(p50=9000, p95=20000)),)), cloud())
     esc = route(req.model_copy(update={"budget_ms": 5000}), slow, CFG.model_copy(update={"policy": "local-first"}))
     assert esc.chosen.device_id == "cloud" and "escalation" in esc.chosen.reasons[0]
+    # always-cloud still answers what no cloud model does, locally.
+    eeg = route(TaskRequest(task="eeg"), HOME, CFG.model_copy(update={"policy": "always-cloud"}))
+    assert eeg.chosen.device_id == "watch"
 
 
 @pytest.mark.parametrize("body,why", [

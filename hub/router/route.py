@@ -137,7 +137,7 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, score:
     """The candidate with its reasons in words (only for the chain that is returned)."""
     d, m, tier = e.device, e.model, e.tier
     joules, gco2, cost, priced = _cloud_cost(req, e, cfg) if e.cloud else (e.joules, e.gco2, e.cost, True)
-    reasons = ["escalation: nothing local meets the budget"] if escalated else []
+    reasons = ["escalation: nothing the policy prefers can do it in the budget"] if escalated else []
     reasons += [f"{tier.value} {m.runtime} model, p95 {live.p95:.0f} ms of {req.budget_ms:.0f} ms budget",
                 f"{joules:.3g} J, {gco2:.3g} gCO2, {cost:.4g} money, quality {e.quality:.2f}"]
     if live.note:
@@ -220,7 +220,8 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
         elif d.energy_mode == "tiny_only" and tier is not Tier.tiny:
             why = "device in tiny_only mode (battery low)"
         elif policy == "always-cloud" and not e.cloud:
-            why = "policy always-cloud"
+            why = "policy always-cloud: local only for what no cloud model does"
+            held_back.append(e)
         elif policy == "local-first" and e.cloud and d.energy_mode != "clean_grid":
             why = f"policy {policy}: cloud only when the grid is clean or nothing local fits"
             held_back.append(e)
@@ -237,8 +238,9 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
             continue
         scored.append(_scored(req, e, live, cfg, policy, budget, target, len(entries)))
         entries.append((e, live, False))
-    if local_policy and held_back and not any(not s[0] for s in scored):
-        # Nothing local fits: escalation to the cloud is allowed after all.
+    if held_back and (not scored if policy == "always-cloud" else not any(not s[0] for s in scored)):
+        # Nothing the policy prefers fits (always-cloud: no cloud model does the task; the rule
+        # policies: nothing local meets the budget): the held-back layer is allowed after all.
         for e in held_back:
             live, _ = _live(e, req.task, stats)
             scored.append(_scored(req, e, live, cfg, policy, budget, target, len(entries)))
