@@ -48,7 +48,7 @@ class RouterConfig(BaseModel):
     weight_latency: float = Field(default=0.5, ge=0)
     weight_carbon: float = Field(default=1.0, ge=0)
     weight_money: float = Field(default=1.0, ge=0)
-    carbon_ref_g: float = Field(default=0.5, gt=0)
+    carbon_ref_g: float = Field(default=0.02, gt=0)
     money_ref: float = Field(default=0.001, gt=0)
     #: Cloud prices per million tokens, by model name ("*" for any other cloud model).
     cloud_prices: dict[str, CloudPrice] = Field(default_factory=dict)
