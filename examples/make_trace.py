@@ -4,7 +4,8 @@ Deterministic (seed 7). Per day: 300 intents (voice commands, from the phone and
 100 EEG state classifications (a biofeedback session), 200 embeddings (notes indexed in the
 background, deferrable), 40 transcriptions, 40 questions, 20 summaries (half deferrable overnight
 digests), 10 drafts, 15 code questions, 5 multi-step reasoning tasks. Times follow a waking day
-(07:00-23:00) except the deferrable batch work.
+(07:00-23:00) except the deferrable batch work. Transcriptions and EEG windows refer to their
+input (a 5 s, 16 kHz, 16-bit clip: 160 kB; a 4 s window of 8 channels at 250 Hz as float32: 32 kB).
 
     python examples/make_trace.py > examples/trace.jsonl
 """
@@ -18,6 +19,7 @@ rng = random.Random(7)
 DAY = 86400
 INTENTS = ["turn off the lights", "schedule a meeting with Ana tomorrow at ten", "play some music",
            "set a timer for ten minutes", "what's the weather", "call mum", "lock the front door"]
+REFS = {"transcribe": ("audio", 160_000), "eeg": ("eeg", 32_000)}
 MIX = [  # task, per day, budget ms, quality floor, requester, deadline (s) or None, text maker
     ("intent", 300, 300, 0.0, "phone", None, lambda: rng.choice(INTENTS)),
     ("eeg", 100, 100, 0.0, "watch", None, lambda: None),
@@ -44,6 +46,9 @@ for day in range(7):
             body = text()
             if body:
                 item["text"] = body
+            elif task in REFS:
+                prefix, size = REFS[task]
+                item["ref"], item["input_size"] = f"{prefix}/{day}-{i}", size
             if floor:
                 item["quality_floor"] = floor
             if requester:

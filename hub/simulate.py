@@ -88,6 +88,8 @@ class TraceTask(BaseModel):
     t: float = Field(ge=0, description="seconds from the start of the replay")
     task: str
     text: str | None = None
+    ref: str | None = Field(default=None, description="input held elsewhere (an audio clip, an EEG window)")
+    input_size: int | None = Field(default=None, ge=0, description="bytes of a ref's input")
     budget_ms: float = 5000
     quality_floor: float = 0.0
     local_only: bool = False
@@ -227,7 +229,8 @@ def run_policy(policy: str, fleet: FleetFile, trace: list[TraceTask], carbon: Se
         device_energy = [DeviceEnergyView(d.id, d.power_source, batteries[d.id].pct if d.battery_wh else None,
                                           batteries[d.id].plugged(local_hour), d.active_w, now) for d in fleet.devices]
         energy = compute_snapshot(now, inputs, forecast, device_energy, thresholds)
-        req = TaskRequest(id=f"t{seq}", task=task.task, text=task.text, budget_ms=task.budget_ms,
+        req = TaskRequest(id=f"t{seq}", task=task.task, text=task.text, ref=task.ref, input_size=task.input_size,
+                          budget_ms=task.budget_ms,
                           quality_floor=task.quality_floor, local_only=task.local_only, requester=task.requester,
                           deadline=(start + submitted + task.deadline_s) if task.deadline_s else None)
         fleet_snap = FleetSnapshot(now, _views(fleet, batteries, energy, local_hour, {}))

@@ -39,6 +39,9 @@ def test_never_cached_and_bounded(tmp_path: Path) -> None:
     draft = TaskRequest(task="draft", text="write to Ana")
     assert not c.put(draft, "small", {"text": "Dear Ana"}) and c.get(draft, "small") is None
     assert not c.put(TaskRequest(task="intent", text="x", mode="consensus"), "tiny", {})
+    assert not c.put(TaskRequest(task="classify"), "tiny", {}), "no input: nothing says two requests are the same"
+    clip = TaskRequest(task="transcribe", ref="audio/1.wav", input_size=160_000)
+    assert c.put(clip, "small", {"text": "hi"}) and c.get(clip.model_copy(update={"ref": "audio/2.wav"}), "small") is None
     for i in range(150):
         c.put(TaskRequest(task="classify", text=f"item {i}"), "tiny", {"i": i}, now=NOW + i)
     assert c.get(TaskRequest(task="classify", text="item 0"), "tiny", now=NOW + 200) is None, "oldest evicted"

@@ -251,3 +251,11 @@ def test_seed_rules_follow_the_energy_modes() -> None:
     clean = fleet(view("laptop", mode="clean_grid"), cloud("clean_grid"))
     big = route(TaskRequest(task="reason", text="compare the plans step by step: 2+2=4, explain why"), clean, seed)
     assert big.min_tier is Tier.large and big.chosen.device_id == "cloud"
+
+
+def test_seed_rules_use_the_layer_the_mode_names_where_local_first_takes_the_smallest() -> None:
+    sun = fleet(view("phone", mode="solar_peak"), view("laptop", mode="solar_peak"),
+                view("gpu-box", mode="solar_peak"), cloud("solar_peak"))
+    req = TaskRequest(task="summarize", text="a note", budget_ms=20_000)
+    assert route(req, sun, CFG.model_copy(update={"policy": "seed-rules"})).chosen.device_id == "gpu-box"
+    assert route(req, sun, CFG.model_copy(update={"policy": "local-first"})).chosen.device_id == "laptop"

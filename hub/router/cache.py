@@ -60,7 +60,10 @@ class ResultCache:
         self.misses = 0
 
     def cacheable(self, req: TaskRequest) -> bool:
-        return (self.cfg.enabled and req.task not in self.cfg.non_deterministic
+        # A request without input (say, "classify the sensor's current window") names nothing
+        # that identifies its answer.
+        has_input = req.text is not None or req.data is not None or req.ref is not None
+        return (self.cfg.enabled and has_input and req.task not in self.cfg.non_deterministic
                 and self.cfg.ttl_s.get(req.task, 0) > 0 and req.mode == "single")
 
     def get(self, req: TaskRequest, model_class: str, now: float | None = None) -> Any | None:

@@ -271,9 +271,14 @@ def _scored(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, policy: s
     p95 = live.p95
     over = p95 > budget
     failing = cfg.weight_failure * (1.0 - live.success_rate)
-    if policy in ("local-first", "seed-rules"):
+    if policy == "local-first":
         # The smallest capable layer first, then the fastest.
         return over, e.tier.rank + p95 / budget / 10 + failing, p95, n
+    if policy == "seed-rules":
+        # A rule table: the energy mode names a layer ("at solar peak run medium models"); the
+        # layer closest to it below wins, then the fastest.
+        cap = SEED_RULE_CAP.get(e.device.energy_mode, Tier.small)
+        return over, abs(cap.rank - e.tier.rank) + p95 / budget / 10 + failing, p95, n
     if policy == "always-cloud":
         return over, p95 / budget + failing, p95, n
     gco2, cost = (_cloud_cost(req, e, cfg)[1:3]) if e.cloud else (e.gco2, e.cost)
