@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="announce only on this address (repeatable; default: all interfaces)")
     agent.add_argument("--models-dir", type=Path, help="folder of .tflite models to serve")
     agent.add_argument("--ollama-host", default=os.environ.get("OLLAMA_HOST"), help="local Ollama (env OLLAMA_HOST)")
+    agent.add_argument("--echo", action="store_true", help="serve the code runtime's echo model (task echo)")
+    agent.add_argument("--rules", type=Path, metavar="FILE",
+                       help="serve deterministic answers from a JSON table {task: {input: answer}} (code runtime)")
+    agent.add_argument("--cloud", action="store_true",
+                       help="serve cloud models whose API key is in the environment (ANTHROPIC_API_KEY, OPENAI_API_KEY)")
+    agent.add_argument("--seed", type=int, help="seed of the simulated runtime's latencies")
     agent.add_argument("--idle-w", type=float)
     agent.add_argument("--active-w", type=float)
     agent.add_argument("--battery-pct", type=float, help="override the reported battery charge")
@@ -157,7 +163,7 @@ def default_device_id(profile: str | None) -> str:
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    from .agent.agent import Agent, AgentOptions
+    from .agent.agent import AgentOptions, code_models
     _setup_logging(args.log_level)
     device_id = args.device_id or default_device_id(args.profile)
     if not is_valid_device_id(device_id):
@@ -178,7 +184,13 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         http_host=args.http_host, http_port=args.http_port, zeroconf=not args.no_zeroconf, mqtt=not args.no_mqtt,
         zeroconf_interfaces=_interfaces(args.zeroconf_interface), models_dir=args.models_dir,
         ollama_host=args.ollama_host, idle_w=args.idle_w, active_w=args.active_w, battery_pct=args.battery_pct,
+        rules_file=args.rules, cloud=args.cloud, seed=args.seed,
     )
+    try:
+        opts.extra_models = code_models(echo=args.echo, rules_file=args.rules)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return asyncio.run(_run_agent(opts))
 
 

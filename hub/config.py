@@ -81,6 +81,10 @@ class MqttConfig(_Section):
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     #: Payloads larger than this are rejected before parsing.
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: Hubs sharing one fleet take commands through the MQTT 5 shared subscription
+    #: ``$share/<group>/<root>/cmd/#``: each command reaches one of them. Null: a plain
+    #: subscription (every hub would answer every command).
+    share_group: str | None = Field(default="sovereign", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     @field_validator("url")
     @classmethod
@@ -187,6 +191,25 @@ class HistoryConfig(_Section):
     influx: InfluxConfig | None = None
 
 
+class DispatchConfig(_Section):
+    """Running routed tasks: attempts, escalation, limits."""
+
+    #: An attempt may take this many times the candidate's predicted p95 before the next
+    #: candidate is tried, but never less than ``min_attempt_ms``.
+    attempt_timeout_factor: float = Field(default=3.0, ge=1)
+    min_attempt_ms: float = Field(default=1000, gt=0)
+    #: Candidates tried before giving up.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    #: Largest input accepted from a client (text, or base64 data once decoded).
+    max_input_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: A request with no ``timeout_ms`` of its own ends after this.
+    default_timeout_ms: float = Field(default=30_000, gt=0, le=3_600_000)
+    #: Consensus fan-out.
+    consensus_k: int = Field(default=3, ge=2, le=9)
+    #: Deferred requests held at once (beyond: run now).
+    max_deferred: int = Field(default=10_000, ge=0)
+
+
 class HubConfig(_Section):
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -199,6 +222,7 @@ class HubConfig(_Section):
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     #: Per-plugin sections, validated by each plugin's own model when it loads.
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from . import __version__
 from pydantic import ValidationError
 
 from .config import format_validation_error
+from .dispatch import InferOutcome, InferRequest, RequestError
 from .energy.forecast import NoWindow, best_window, mean_over
 from .router.model import Candidate, RouteDecision, TaskRequest
 from .router.route import route, rule_decision
@@ -49,7 +51,10 @@ def make_app(hub: "Hub") -> web.Application:
                 return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
             raise
 
-    app = web.Application(middlewares=[errors, auth], client_max_size=1024 * 1024)
+    # Bodies up to the input cap as JSON text (escaping can double it) plus the envelope; the
+    # dispatcher checks the decoded input against the cap itself.
+    app = web.Application(middlewares=[errors, auth],
+                          client_max_size=max(1024 * 1024, hub.config.dispatch.max_input_bytes * 2 + 64 * 1024))
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response(health_document(hub))
@@ -124,6 +129,42 @@ def make_app(hub: "Hub") -> web.Application:
             decision = route(req, hub.fleet(), hub.config.router, hub.stats.snapshot())
         return web.json_response(decision_document(decision))
 
+    async def infer(request: web.Request) -> web.StreamResponse:
+        try:
+            req = InferRequest.model_validate_json(await request.read())
+            hub.dispatcher.check(req)
+        except ValidationError as exc:
+            return error(400, "bad_request", format_validation_error(exc).replace("\n", "; "))
+        except RequestError as exc:
+            return error(exc.status, exc.code, exc.message)
+        if not req.stream:
+            outcome = await hub.dispatcher.infer(req)
+            return web.json_response(outcome.to_dict(), status=_status(outcome))
+        # Streamed: one JSON object per line (NDJSON, as Ollama does): chunks, then the outcome.
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+
+        gone = False
+
+        async def emit(text: str) -> None:
+            nonlocal gone
+            if gone:
+                return
+            try:
+                await resp.write(json.dumps({"chunk": text}).encode() + b"\n")
+            except (ConnectionError, RuntimeError):
+                # The client went away: the task still finishes, and is learned from and cached.
+                gone = True
+
+        outcome = await hub.dispatcher.infer(req, emit)
+        if not gone:
+            try:
+                await resp.write(json.dumps({"done": True, **outcome.to_dict()}).encode() + b"\n")
+                await resp.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass
+        return resp
+
     async def costs(request: web.Request) -> web.Response:
         report = await asyncio.to_thread(hub.ledger.periods)
         report["cache"] = {"hits": hub.cache.hits, "misses": hub.cache.misses}
@@ -142,6 +183,7 @@ def make_app(hub: "Hub") -> web.Application:
     app.router.add_get("/api/rules", rules)
     app.router.add_post(r"/api/rules/{id}/{action:approve|disable}", rule_state)
     app.router.add_post("/api/route", route_dry_run)
+    app.router.add_post("/api/infer", infer)
     app.router.add_get("/api/costs", costs)
     app.router.add_get("/api/energy", energy)
     app.router.add_get("/api/energy/best-window", best_window_route)
@@ -195,6 +237,13 @@ def parse_deadline(text: str, now: float) -> float:
     if text.strip()[-1:] in _UNITS:
         return now + parse_duration(text)
     return parse_time(text, now)
+
+
+def _status(outcome: InferOutcome) -> int:
+    if outcome.ok:
+        return 200
+    code = (outcome.error or {}).get("code")
+    return {"no_route": 503, "timeout": 504}.get(code or "", 502)
 
 
 def decision_document(d: RouteDecision) -> dict[str, Any]:

@@ -1,23 +1,74 @@
 """Request/response envelopes on ``<root>/device/<id>/rpc`` (MQTT 5 response topic and
-correlation data; MQTT 3.1.1 clients name the reply topic in ``reply_to``)."""
+correlation data; MQTT 3.1.1 clients name the reply topic in ``reply_to``).
+
+A streamed answer is a sequence of :class:`RpcChunk` on the response topic (``seq`` from 0, in
+order: one publisher, one topic, QoS 1), then the final :class:`RpcResponse`, which says how
+many chunks there were, so that a receiver knows it has them all.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .capability import PROTOCOL_VERSION
+from .capability import PROTOCOL_VERSION, KNOWN_TASKS
+
+METHODS = ("health", "echo", "infer", "cancel")
+#: Longest a single call may be given, on the wire (an hour: batch transcription on a laptop).
+MAX_TIMEOUT_MS = 3_600_000
 
 
 class RpcRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     v: int = PROTOCOL_VERSION
     id: str = Field(min_length=1, max_length=128, description="Request id, echoed in the response")
-    method: str = Field(min_length=1, max_length=64, description="health | echo (inference methods: see the execution issue)")
+    method: str = Field(min_length=1, max_length=64, description="health | echo | infer | cancel")
     params: dict[str, Any] = Field(default_factory=dict)
     #: MQTT 3.1.1 clients have no response-topic property: they name it here.
     reply_to: str | None = Field(default=None, max_length=512, description="Reply topic for MQTT 3.1.1 clients; must be under the topic root")
+
+
+class InferParams(BaseModel):
+    """``params`` of method ``infer``: run one model on one input."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str = Field(description="Task type, one of the known tasks")
+    model: str = Field(min_length=1, max_length=128, description="A model this device announced")
+    text: str | None = None
+    data: str | None = Field(default=None, description="base64 bytes")
+    ref: str | None = Field(default=None, max_length=2048)
+    options: dict[str, Any] = Field(default_factory=dict, description="Runtime options: max_tokens, temperature, system")
+    stream: bool = Field(default=False, description="Send the answer in chunks before the final response")
+    timeout_ms: float = Field(default=30_000, gt=0, le=MAX_TIMEOUT_MS)
+
+    @model_validator(mode="after")
+    def _check(self) -> "InferParams":
+        if self.task not in KNOWN_TASKS:
+            raise ValueError(f"unknown task {self.task!r} (known: {', '.join(KNOWN_TASKS)})")
+        given = [k for k in ("text", "data", "ref") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one input, not {' and '.join(given)}")
+        return self
+
+
+class CancelParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=128, description="The request to cancel")
+
+
+class InferAnswer(BaseModel):
+    """``result`` of a successful ``infer``."""
+
+    model: str
+    output: Any = Field(description="Text, a label, or a vector (embed)")
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    joules: float | None = Field(default=None, ge=0, description="Measured, or estimated from the device's power")
+    joules_estimated: bool = True
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    stats: dict[str, float] = Field(default_factory=dict, description="What the runtime reported (tokens_per_s, load_ms, ...)")
+    simulated: bool = Field(default=False, description="True when no real model ran (the demo's simulated runtime)")
 
 
 class RpcTimings(BaseModel):
@@ -26,8 +77,10 @@ class RpcTimings(BaseModel):
 
 
 class RpcErrorBody(BaseModel):
-    code: str = Field(description="bad_request | too_large | unknown_method | busy | timeout | internal")
+    code: str = Field(description="bad_request | too_large | unknown_method | unknown_model | model_missing | busy "
+                                  "| timeout | cancelled | rate_limited | upstream | unavailable | no_answer | internal")
     message: str
+    retry_after_s: float | None = None
 
 
 class RpcResponse(BaseModel):
@@ -37,3 +90,12 @@ class RpcResponse(BaseModel):
     result: dict[str, Any] | None = None
     timings: RpcTimings | None = None
     error: RpcErrorBody | None = None
+    chunks: int | None = Field(default=None, description="Streamed answers: how many chunks came before")
+
+
+class RpcChunk(BaseModel):
+    v: int = PROTOCOL_VERSION
+    id: str
+    seq: int = Field(ge=0)
+    chunk: str
+    type: Literal["chunk"] = "chunk"

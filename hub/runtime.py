@@ -18,6 +18,9 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from .broker import EmbeddedBroker
+from .commands import Commands
+from .dispatch import Dispatcher
+from .rpc_client import RpcClient
 from .bus import EventBus
 from .config import HubConfig
 from .discovery.mqtt import MqttDiscovery
@@ -125,8 +128,15 @@ class Hub:
             password=cfg.mqtt.resolved_password(), tls=cfg.mqtt.tls, keepalive_s=cfg.mqtt.keepalive_s,
             birth=Birth(self.topics.hub_status), subscriptions=[(f, DISCOVERY_QOS) for f in self.topics.discovery_filters],
         )
+        self.dispatcher = Dispatcher(self, cfg.dispatch)
+        self.commands = Commands(self)
+        self.rpc = RpcClient(self.topics, cfg.hub_id)
+        opts.subscriptions += [(self.commands.subscription, 1), (self.rpc.reply_topic, 1)]
         self.mqtt = await self._stack.enter_async_context(
             MqttLink(opts, self._on_mqtt_message, on_state=self._on_mqtt_state))
+        self.rpc.link = self.mqtt
+        self._stack.push_async_callback(self.commands.aclose)
+        self.bus.subscribe(DeviceChanged, self._device_liveness)
         self.bus.subscribe(DeviceRemoved, self._clear_retained)
         for event in (DeviceChanged, DeviceRemoved, EnergyInputsChanged):
             self.bus.subscribe(event, self._mark_fleet_dirty)
@@ -179,7 +189,13 @@ class Hub:
 
     def _on_mqtt_message(self, message: Message) -> None:
         self.state.count("mqtt_messages")
+        if self.rpc.handle(message) or self.commands.handle(message):
+            return
         self.discovery.handle(message.topic, message.payload, message.retain)
+
+    def _device_liveness(self, event: DeviceChanged) -> None:
+        if event.online_changed and not event.online:
+            self.rpc.device_offline(event.device_id)
 
     def _on_mqtt_state(self, connected: bool, error: str) -> None:
         self.state.set("mqtt.connected", connected)

@@ -25,14 +25,17 @@ from pydantic import ValidationError
 from zeroconf.asyncio import AsyncServiceInfo
 
 from .. import __version__
-from ..capability import PROTOCOL_VERSION, Capability, Endpoints, EnergyReport, Load, ModelSpec, Power, Tier
+from ..capability import PROTOCOL_VERSION, Capability, Endpoints, EnergyReport, LatencyMs, Load, ModelSpec, Power, Tier
 from ..config import BrokerUrl, TlsConfig, format_validation_error
 from ..mdns import SERVICE_TYPE, open_zeroconf
 from ..mqtt import Birth, Message, MqttLink, MqttOptions
 from ..ollama_models import list_ollama_models
-from ..rpc import RpcErrorBody, RpcRequest, RpcResponse, RpcTimings
+from ..rpc import CancelParams, InferParams, RpcChunk, RpcErrorBody, RpcRequest, RpcResponse, RpcTimings
 from ..topics import Topics
+from .executors import ExecutorOptions, ExecutorSet
+from .executors.base import ExecError
 from .hardware import detect_hardware, detect_power
+from .infer import InferService
 from .profiles import PROFILES
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,12 @@ class AgentOptions:
     active_w: float | None = None
     battery_pct: float | None = None
     extra_models: list[ModelSpec] = field(default_factory=list)
+    #: A JSON table of deterministic answers for the ``code`` runtime's ``rules`` model.
+    rules_file: Path | None = None
+    #: Serve the cloud layer from this machine when an API key is in the environment.
+    cloud: bool = False
+    #: Seed of the simulated runtime's latencies (tests and the demo).
+    seed: int | None = None
 
 
 def local_tflite_models(models_dir: Path | None) -> list[ModelSpec]:
@@ -86,6 +95,20 @@ def local_tflite_models(models_dir: Path | None) -> list[ModelSpec]:
     return out
 
 
+def code_models(echo: bool, rules_file: Path | None) -> list[ModelSpec]:
+    """The code runtime's models: ``echo`` and, from a rules file, ``rules`` for its tasks."""
+    out = []
+    if echo:
+        out.append(ModelSpec(name="echo", runtime="code", tasks=["echo"], latency_ms=LatencyMs(p50=0.05, p95=0.2),
+                             energy_j_per_call=0.0, max_concurrency=1024, quality=1.0))
+    if rules_file is not None:
+        from .executors.code import CodeExecutor
+        tasks = sorted(CodeExecutor.from_file(rules_file).rules) or ["intent"]
+        out.append(ModelSpec(name="rules", runtime="code", tasks=tasks, latency_ms=LatencyMs(p50=0.05, p95=0.2),
+                             energy_j_per_call=0.0, max_concurrency=1024, quality=1.0))
+    return out
+
+
 class Agent:
     def __init__(self, opts: AgentOptions) -> None:
         self.opts = opts
@@ -94,8 +117,12 @@ class Agent:
         self.power: Power
         self.http_port = 0
         self.started = time.monotonic()
-        self.active = 0
         self._stack = AsyncExitStack()
+        self.executors = ExecutorSet(ExecutorOptions(opts.device_id, opts.models_dir, opts.ollama_host,
+                                                     opts.rules_file, opts.seed))
+        self.inference = InferService(lambda: self.capability.models, lambda: self.power, self.executors)
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._cancelled: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.mqtt: MqttLink | None = None
 
@@ -119,6 +146,9 @@ class Agent:
             except Exception as exc:  # the ollama client raises httpx and its own errors
                 log.warning("Ollama at %s not listed: %r", o.ollama_host, exc)
         models += o.extra_models
+        if o.cloud:
+            from .executors.cloud import cloud_model_specs
+            models += cloud_model_specs()
         self.power = power
         return Capability(
             v=PROTOCOL_VERSION, id=o.device_id, name=o.name, tier=tier, hardware=hardware, power=power,
@@ -141,6 +171,7 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stack.aclose()
+        await self.executors.aclose()
 
     async def _start(self) -> None:
         o = self.opts
@@ -213,6 +244,10 @@ class Agent:
         return EnergyReport(ts=time.time(), source=p.source, battery_pct=p.battery_pct, charging=p.charging,
                             power_w=(p.active_w if self.active else p.idle_w), load=Load(active=self.active))
 
+    @property
+    def active(self) -> int:
+        return self.inference.total_active
+
     async def _publish_energy(self) -> None:
         if self.mqtt is None:
             return
@@ -236,38 +271,91 @@ class Agent:
     async def _rpc(self, payload: bytes, response_topic: str | None, correlation: bytes | None) -> None:
         received = time.perf_counter()
         request_id = None
+        reply = self._reply_to(response_topic, correlation)
+        chunks = 0
         try:
             if len(payload) > MAX_REQUEST_BYTES:
-                raise _RpcError("too_large", f"request of {len(payload)} bytes exceeds {MAX_REQUEST_BYTES}")
+                raise ExecError("too_large", f"request of {len(payload)} bytes exceeds {MAX_REQUEST_BYTES}")
             try:
                 req = RpcRequest.model_validate_json(payload)
             except ValidationError as exc:
-                raise _RpcError("bad_request", format_validation_error(exc).replace("\n", "; ")) from None
+                raise ExecError("bad_request", format_validation_error(exc).replace("\n", "; ")) from None
             request_id = req.id
-            response_topic = response_topic or req.reply_to
+            if reply is None and req.reply_to:
+                reply = self._reply_to(req.reply_to, correlation)
             started = time.perf_counter()
-            self.active += 1
-            try:
+            if req.method == "infer":
+                params = _params(InferParams, req.params)
+                emit = None
+                if params.stream and reply is not None:
+                    async def emit(text: str) -> None:
+                        nonlocal chunks
+                        await reply(RpcChunk(id=req.id, seq=chunks, chunk=text).model_dump_json())
+                        chunks += 1
+                result = await self._infer(req.id, params, emit)
+            else:
                 result = await self._call(req)
-            finally:
-                self.active -= 1
-            body = RpcResponse(id=req.id, ok=True, result=result, timings=RpcTimings(
-                queue_ms=round((started - received) * 1000, 3),
-                compute_ms=round((time.perf_counter() - started) * 1000, 3)))
-        except _RpcError as exc:
-            body = RpcResponse(id=request_id, ok=False, error=RpcErrorBody(code=exc.code, message=exc.message))
-            log.warning("rpc rejected: %s", exc.message)
-        if not response_topic:
-            return  # nowhere to answer; logged above if it was an error
-        if not response_topic.startswith(self.topics.root + "/") or any(c in response_topic for c in "#+"):
-            log.warning("rpc: refusing to answer on %r (outside %s/)", response_topic, self.topics.root)
-            return
+            body = RpcResponse(id=req.id, ok=True, result=result, chunks=chunks if chunks else None,
+                               timings=RpcTimings(queue_ms=round((started - received) * 1000, 3),
+                                                  compute_ms=round((time.perf_counter() - started) * 1000, 3)))
+        except ExecError as exc:
+            body = RpcResponse(id=request_id, ok=False, chunks=chunks if chunks else None,
+                               error=RpcErrorBody(code=exc.code, message=exc.message, retry_after_s=exc.retry_after_s))
+            log.info("rpc %s: %s: %s", request_id, exc.code, exc.message)
+        except Exception as exc:  # an executor bug answers as an error, it does not go silent
+            log.exception("rpc %s failed", request_id)
+            body = RpcResponse(id=request_id, ok=False, error=RpcErrorBody(code="internal", message=repr(exc)[:500]))
+        if reply is not None:
+            await reply(body.model_dump_json(exclude_none=True))
+        for name, latency in self.inference.refreshed_latency().items():
+            self._refresh_model_latency(name, latency)
+
+    def _reply_to(self, topic: str | None, correlation: bytes | None) -> Any:
+        """A function publishing on the response topic, or None when there is none or it is
+        outside the topic root (a request must not make the device publish anywhere it likes)."""
+        if not topic or self.mqtt is None:
+            return None
+        if not topic.startswith(self.topics.root + "/") or any(c in topic for c in "#+"):
+            log.warning("rpc: refusing to answer on %r (outside %s/)", topic, self.topics.root)
+            return None
         props = None
         if correlation is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation
+        link = self.mqtt
+
+        async def reply(body: str) -> None:
+            await link.publish(topic, body, qos=1, properties=props)
+
+        return reply
+
+    async def _infer(self, request_id: str, params: InferParams, emit: Any) -> dict[str, Any]:
+        task = asyncio.current_task()
+        assert task is not None
+        if request_id in self._running:
+            raise ExecError("bad_request", f"request id {request_id!r} is already running")
+        self._running[request_id] = task
+        try:
+            async with asyncio.timeout(params.timeout_ms / 1000):
+                answer = await self.inference.run(request_id, params, emit)
+        except TimeoutError:
+            raise ExecError("timeout", f"no answer within {params.timeout_ms:.0f} ms") from None
+        except asyncio.CancelledError:
+            if request_id in self._cancelled:
+                self._cancelled.discard(request_id)
+                task.uncancel()
+                raise ExecError("cancelled", "cancelled by the caller") from None
+            raise
+        finally:
+            self._running.pop(request_id, None)
+        return answer.model_dump(exclude_none=True)
+
+    def _refresh_model_latency(self, name: str, latency: Any) -> None:
+        """Advertise what was measured, so that the hub routes on it from the next call."""
+        models = [m.model_copy(update={"latency_ms": latency}) if m.name == name else m for m in self.capability.models]
+        self.capability = self.capability.model_copy(update={"models": models})
         if self.mqtt is not None:
-            await self.mqtt.publish(response_topic, body.model_dump_json(exclude_none=True), qos=1, properties=props)
+            self._spawn(self._announce(self.mqtt), "announce")
 
     async def _call(self, req: RpcRequest) -> dict[str, Any]:
         if req.method == "health":
@@ -275,7 +363,15 @@ class Agent:
                     "active": self.active, "version": __version__}
         if req.method == "echo":
             return {"echo": req.params}
-        raise _RpcError("unknown_method", f"unknown method {req.method!r} (known: health, echo)")
+        if req.method == "cancel":
+            target = _params(CancelParams, req.params).id
+            task = self._running.get(target)
+            if task is None:
+                return {"cancelled": False, "reason": "not running (finished, or never seen)"}
+            self._cancelled.add(target)
+            task.cancel()
+            return {"cancelled": True}
+        raise ExecError("unknown_method", f"unknown method {req.method!r} (known: health, echo, infer, cancel)")
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -287,7 +383,8 @@ class Agent:
                                   "mqtt_connected": bool(self.mqtt and self.mqtt.connected.is_set())})
 
 
-class _RpcError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
+def _params(model: Any, params: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise ExecError("bad_request", format_validation_error(exc, prefix="params: ").replace("\n", "; ")) from None

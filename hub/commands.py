@@ -1,0 +1,122 @@
+"""Commands from other devices on ``<root>/cmd/infer``: a phone, a voice satellite or an
+automation publishes a task; the answer goes to the MQTT 5 response topic with the request's
+correlation data, or — for MQTT 3.1.1 clients, which have neither — to ``reply_to`` named in the
+payload, with the payload's ``id`` echoed. Hubs sharing a fleet subscribe through an MQTT 5
+shared subscription, so each command is taken by exactly one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import Field, ValidationError
+
+from .config import format_validation_error
+from .dispatch import InferRequest, RequestError
+from .mqtt import Message
+from .rpc import RpcChunk, RpcErrorBody, RpcResponse
+
+if TYPE_CHECKING:
+    from .runtime import Hub
+
+log = logging.getLogger(__name__)
+
+
+class InferCommand(InferRequest):
+    """The payload on ``<root>/cmd/infer``."""
+
+    reply_to: str | None = Field(default=None, max_length=512,
+                                 description="Reply topic for MQTT 3.1.1 clients; must be under the topic root")
+
+
+class Commands:
+    def __init__(self, hub: "Hub") -> None:
+        self.hub = hub
+        root = hub.topics.root
+        self.topic = f"{root}/cmd/infer"
+        group = hub.config.mqtt.share_group
+        self.subscription = f"$share/{group}/{self.topic}" if group else self.topic
+        # Text up to the input cap, as JSON (escaping) plus the envelope.
+        self.max_bytes = hub.config.dispatch.max_input_bytes * 2 + 64 * 1024
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def handle(self, message: Message) -> bool:
+        if message.topic != self.topic:
+            return False
+        props = getattr(message, "properties", None)
+        task = asyncio.create_task(self._run(message.payload, getattr(props, "ResponseTopic", None),
+                                             getattr(props, "CorrelationData", None)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def aclose(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _reject(self, why: str) -> None:
+        self.hub.rejections.reject(self.topic, why, counter="rejected_commands")
+
+    async def _run(self, payload: bytes, response_topic: str | None, correlation: bytes | None) -> None:
+        hub = self.hub
+        request_id: str | None = None
+        cmd: InferCommand | None = None
+        body: RpcResponse
+        reply = None
+        try:
+            if len(payload) > self.max_bytes:
+                raise RequestError("too_large", f"command of {len(payload)} bytes exceeds {self.max_bytes}")
+            try:
+                cmd = InferCommand.model_validate_json(payload)
+            except ValidationError as exc:
+                raise RequestError("bad_request", format_validation_error(exc).replace("\n", "; ")) from None
+            request_id = cmd.id or None
+            reply = self._reply(response_topic or cmd.reply_to, correlation)
+            if reply is None:
+                raise RequestError("bad_request", "no response topic: give an MQTT 5 response topic or reply_to")
+            emit = None
+            if cmd.stream:
+                seq = 0
+
+                async def emit(text: str) -> None:
+                    nonlocal seq
+                    await reply(RpcChunk(id=cmd.id or "", seq=seq, chunk=text).model_dump_json())
+                    seq += 1
+            req = InferRequest.model_validate(cmd.model_dump(exclude={"reply_to"}))
+            outcome = await hub.dispatcher.infer(req, emit)
+            request_id = outcome.id
+            err = None if outcome.ok else RpcErrorBody(**outcome.error) if outcome.error else None
+            body = RpcResponse(id=outcome.id, ok=outcome.ok, result=outcome.to_dict(), error=err)
+        except RequestError as exc:
+            self._reject(exc.message)
+            body = RpcResponse(id=request_id, ok=False, error=RpcErrorBody(code=exc.code, message=exc.message))
+            if reply is None and response_topic is not None:
+                reply = self._reply(response_topic, correlation)
+        if reply is not None:
+            await reply(body.model_dump_json(exclude_none=True))
+
+    def _reply(self, topic: str | None, correlation: bytes | None) -> Any:
+        """A publisher on ``topic``, or None when it is missing or outside the topic root (a
+        command must not make the hub publish anywhere it likes)."""
+        if not topic:
+            return None
+        root = self.hub.topics.root
+        if not topic.startswith(root + "/") or any(c in topic for c in "#+") or topic == self.topic:
+            self._reject(f"reply topic {topic!r} is outside {root}/")
+            return None
+        props = None
+        if correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation
+        link = self.hub.mqtt
+
+        async def reply(text: str) -> None:
+            if link is not None:
+                await link.publish(topic, text, qos=1, properties=props)
+
+        return reply

@@ -1,0 +1,125 @@
+"""The hub's side of device RPC: requests out on ``<root>/device/<id>/rpc`` with this hub's
+reply topic and a correlation id, replies (and streamed chunks) matched back to the waiting call.
+
+A call ends with the device's response, with its timeout, or at once when the device is seen
+going offline (its last will): a killed agent costs the broker's detection time, not the whole
+timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
+from .mqtt import Message, MqttLink
+from .rpc import RpcChunk, RpcErrorBody, RpcRequest, RpcResponse
+from .topics import Topics
+
+log = logging.getLogger(__name__)
+
+OnChunk = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class _Pending:
+    device_id: str
+    done: asyncio.Future[RpcResponse]
+    on_chunk: OnChunk | None
+    chunks: asyncio.Queue[RpcChunk | None] = field(default_factory=asyncio.Queue)
+
+
+def failed(request_id: str, code: str, message: str) -> RpcResponse:
+    return RpcResponse(id=request_id, ok=False, error=RpcErrorBody(code=code, message=message))
+
+
+class RpcClient:
+    def __init__(self, topics: Topics, hub_id: str, link: MqttLink | None = None) -> None:
+        self.link = link  # set once the hub's connection exists (it subscribes to reply_topic)
+        self.topics = topics
+        self.reply_topic = f"{topics.root}/hub/{hub_id}/reply"
+        self._pending: dict[bytes, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._prefix = hub_id
+        self.rejected = 0
+
+    def handle(self, message: Message) -> bool:
+        """A message on the reply topic (True), or not ours (False)."""
+        if message.topic != self.reply_topic:
+            return False
+        corr = getattr(getattr(message, "properties", None), "CorrelationData", None)
+        pending = self._pending.get(corr) if corr is not None else None
+        if pending is None:
+            return True  # a late answer to a call that timed out, or a stray: nothing waits for it
+        try:
+            doc = json.loads(message.payload)
+            if isinstance(doc, dict) and doc.get("type") == "chunk":
+                pending.chunks.put_nowait(RpcChunk.model_validate(doc))
+                return True
+            resp = RpcResponse.model_validate(doc)
+        except (ValueError, ValidationError) as exc:
+            self.rejected += 1
+            log.warning("invalid RPC reply from %s: %s", pending.device_id, str(exc).splitlines()[0])
+            return True
+        pending.chunks.put_nowait(None)
+        if not pending.done.done():
+            pending.done.set_result(resp)
+        return True
+
+    def device_offline(self, device_id: str) -> None:
+        """Fail the calls waiting on a device that just went offline."""
+        for p in self._pending.values():
+            if p.device_id == device_id and not p.done.done():
+                p.done.set_result(failed("", "unavailable", f"{device_id} went offline mid-request"))
+                p.chunks.put_nowait(None)
+
+    async def call(self, device_id: str, method: str, params: dict[str, Any], timeout_s: float,
+                   request_id: str | None = None, on_chunk: OnChunk | None = None) -> RpcResponse:
+        rid = request_id or f"{self._prefix}-{next(self._ids)}"
+        corr = f"{rid}#{next(self._ids)}".encode()
+        loop = asyncio.get_running_loop()
+        pending = _Pending(device_id, loop.create_future(), on_chunk)
+        self._pending[corr] = pending
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.reply_topic
+        props.CorrelationData = corr
+        body = RpcRequest(id=rid, method=method, params=params).model_dump_json(exclude_none=True)
+        forward = asyncio.create_task(self._forward_chunks(pending)) if on_chunk else None
+        try:
+            if self.link is None or not await self.link.publish(self.topics.device(device_id, "rpc"), body, qos=1, properties=props):
+                return failed(rid, "unavailable", "not connected to the broker")
+            try:
+                resp = await asyncio.wait_for(asyncio.shield(pending.done), timeout_s)
+            except asyncio.TimeoutError:
+                # Tell the device to stop: its answer would arrive to nobody.
+                await self.link.publish(self.topics.device(device_id, "rpc"),
+                                        RpcRequest(id=f"{rid}.cancel", method="cancel",
+                                                   params={"id": rid}).model_dump_json(), qos=0)
+                return failed(rid, "timeout", f"{device_id} did not answer within {timeout_s * 1000:.0f} ms")
+            if forward is not None:
+                await forward
+            return resp if resp.id else resp.model_copy(update={"id": rid})
+        finally:
+            self._pending.pop(corr, None)
+            if forward is not None and not forward.done():
+                forward.cancel()
+
+    async def _forward_chunks(self, pending: _Pending) -> None:
+        assert pending.on_chunk is not None
+        expected = 0
+        while True:
+            chunk = await pending.chunks.get()
+            if chunk is None:
+                return
+            if chunk.seq != expected:
+                log.warning("chunk %d from %s arrived as %d", chunk.seq, pending.device_id, expected)
+            expected = chunk.seq + 1
+            await pending.on_chunk(chunk.chunk)

@@ -1,0 +1,132 @@
+"""Routed tasks executed end to end: a real Mosquitto, a hub, real agent processes.
+
+HTTP ``POST /api/infer`` (JSON and NDJSON streaming), escalation when the chosen agent is killed
+mid-request, consensus, the agent's concurrency limit, bad requests, and what each attempt
+leaves behind in the router's stats and the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from .conftest import wait_for
+
+
+async def fleet(hub: Any, spawn_agent: Any, url: str, *agents: tuple[str, tuple[str, ...]]) -> list[Any]:
+    procs = [spawn_agent(url, profile, None, "--no-zeroconf", *extra) for profile, extra in agents]
+    for p in procs:
+        await wait_for(lambda p=p: (r := hub.registry.get(p.device_id)) and r.online, 20, what=f"{p.device_id} online")
+    hub._fleet_dirty, hub._fleet = True, None  # route on the fleet as it is now
+    return procs
+
+
+async def post(hub: Any, path: str, body: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(hub.http_url + path, data=body if isinstance(body, (bytes, str)) else json.dumps(body)) as r:
+            return r.status, await r.json(content_type=None)
+
+
+async def test_echo_through_http_with_stats_and_ledger(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        [agent] = await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
+        status, out = await post(hub, "/api/infer", {"task": "echo", "text": "hello, hub", "id": "req-1"})
+        assert status == 200, out
+        assert out["ok"] and out["output"] == "hello, hub" and out["id"] == "req-1"
+        assert out["served_by"] == {"device": agent.device_id, "model": "echo", "layer": "tiny"}
+        assert len(out["attempts"]) == 1 and out["attempts"][0]["ok"]
+        learned = hub.stats.snapshot().models[(agent.device_id, "echo", "echo")]
+        assert learned.n == 1 and learned.success_rate == 1.0
+        hub.ledger.flush()
+        assert hub.ledger.periods()["today"]["by_device"][agent.device_id]["count"] == 1
+
+
+async def test_streamed_text_arrives_in_order(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        [agent] = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ("--seed", "1")))
+        async with aiohttp.ClientSession() as s:
+            async with s.post(hub.http_url + "/api/infer", json={"task": "qa", "text": "why is the sky blue?",
+                                                                  "stream": True, "budget_ms": 5000}) as r:
+                assert r.status == 200 and r.headers["Content-Type"].startswith("application/x-ndjson")
+                lines = [json.loads(line) async for line in r.content if line.strip()]
+        chunks, final = [x["chunk"] for x in lines[:-1]], lines[-1]
+        assert final["done"] and final["ok"] and final["served_by"]["device"] == agent.device_id
+        assert len(chunks) > 5 and "".join(chunks) == final["output"]
+        assert final["simulated"] and "[simulated]" in final["output"]
+
+
+async def test_escalates_when_the_chosen_agent_is_killed_mid_request(mosquitto: Any, make_hub: Any,
+                                                                     spawn_agent: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        procs = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ()), ("gpu-box", ()))
+        body = {"task": "summarize", "text": "a short note to summarise", "budget_ms": 20000}
+        status, dry = await post(hub, "/api/route", body)
+        chosen = dry["chosen"]["device"]
+        victim = next(p for p in procs if p.device_id == chosen)
+        task = asyncio.create_task(post(hub, "/api/infer", body))
+        await wait_for(lambda: hub.dispatcher.counts["requests"] == 1, 5)
+        await asyncio.sleep(0.1)  # the request is on the agent now (its answer takes ≥ 400 ms)
+        killed = time.monotonic()
+        victim.kill()
+        status, out = await task
+        escalated_after = time.monotonic() - killed
+        assert status == 200 and out["ok"], out
+        assert out["served_by"]["device"] != chosen
+        first = out["attempts"][0]
+        assert first["device"] == chosen and not first["ok"] and "offline" in first["error"]
+        assert any("escalated" in r for r in out["reasons"])
+        # The last will tells the hub at once: far less than the attempt's timeout (≥ 1 s).
+        print(f"escalated {escalated_after * 1000:.0f} ms after the kill")
+        assert escalated_after < 5
+        assert hub.stats.snapshot().models[(chosen, dry["chosen"]["model"], "summarize")].success_rate == 0.0
+
+
+async def test_consensus_votes_across_devices(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        await fleet(hub, spawn_agent, mosquitto.url, ("watch", ()), ("phone", ()), ("laptop", ()))
+        status, out = await post(hub, "/api/infer", {"task": "intent", "text": "lights off", "mode": "consensus",
+                                                     "budget_ms": 2000})
+        assert status == 200 and out["ok"], out
+        assert len(out["attempts"]) == 3 and len({a["device"] for a in out["attempts"]}) == 3
+        assert sum(out["votes"].values()) == 3 and out["confidence"] == 1.0
+
+
+async def test_busy_agent_refuses_and_the_hub_goes_elsewhere(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    """The laptop's summariser takes one call at a time: concurrent calls beyond it are refused
+    with ``busy`` (the hub holds the queue, not the agent), and the refusals are learned."""
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        procs = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ()))
+        laptop = procs[0].device_id
+        body = {"task": "summarize", "text": "notes", "budget_ms": 20000}
+        results = await asyncio.gather(*(post(hub, "/api/infer", {**body, "id": f"b{i}"}) for i in range(3)))
+        errors = [a.get("error", "") for _, out in results for a in out["attempts"]]
+        assert any(e.startswith("busy") for e in errors), errors
+        assert all(a["device"] == laptop for _, out in results for a in out["attempts"])
+        assert any(out["ok"] for _, out in results)
+        learned = hub.stats.snapshot().models[(laptop, "smollm2-135m", "summarize")]
+        assert learned.success_rate < 1.0
+
+
+async def test_bad_requests_get_clear_errors(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, dispatch={"max_input_bytes": 2048}) as hub:
+        await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
+        cases = [
+            ({"task": "teleport", "text": "x"}, 400, "unknown task"),
+            ({"task": "echo", "text": "x", "budget_ms": -5}, 400, "budget_ms"),
+            ({"task": "echo", "text": "x" * 5000}, 413, "exceeds the limit of 2048"),
+            ({"task": "echo", "text": "x", "requester": "nobody"}, 400, "not a known device"),
+            ({"task": "echo", "text": "x", "colour": "red"}, 400, "colour"),
+            ("{not json", 400, "JSON"),
+        ]
+        for body, want_status, want in cases:
+            status, out = await post(hub, "/api/infer", body)
+            assert status == want_status and want in out["error"]["message"], (body, status, out)
+        status, out = await post(hub, "/api/infer", {"task": "vision", "text": "what is in the picture?"})
+        assert status == 503 and out["error"]["code"] == "no_route"
+        assert hub.http_url  # still serving
+        status, out = await post(hub, "/api/infer", {"task": "echo", "text": "still fine"})
+        assert status == 200 and out["output"] == "still fine"
