@@ -15,13 +15,16 @@ from typing import Any
 
 from .capability import Capability, EnergyReport
 from .energy.model import EnergySnapshot
-from .rpc import RpcRequest, RpcResponse
+from .commands import InferCommand
+from .rpc import InferAnswer, InferParams, RpcChunk, RpcRequest, RpcResponse
 
 
 def schemas() -> dict[str, dict[str, Any]]:
     out = {}
     for name, model in (("capability", Capability), ("energy", EnergyReport), ("rpc-request", RpcRequest),
-                          ("rpc-response", RpcResponse), ("energy-snapshot", EnergySnapshot)):
+                          ("rpc-response", RpcResponse), ("infer-params", InferParams),
+                          ("infer-answer", InferAnswer), ("rpc-chunk", RpcChunk), ("infer-command", InferCommand),
+                          ("energy-snapshot", EnergySnapshot)):
         schema = model.model_json_schema()
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://sovereign-hub.invalid/schemas/{name}/1"
