@@ -78,9 +78,10 @@ class InferOutcome:
     reasons: list[str] = field(default_factory=list)
     deferred_s: float = 0.0
     votes: dict[str, int] | None = None
+    hub: str = ""  # which hub answered (several may share a fleet)
 
     def to_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"id": self.id, "task": self.task, "ok": self.ok, "output": self.output,
+        doc: dict[str, Any] = {"id": self.id, "hub": self.hub, "task": self.task, "ok": self.ok, "output": self.output,
                                "served_by": self.served_by, "confidence": self.confidence,
                                "latency_ms": round(self.latency_ms, 3), "joules": round(self.joules, 6),
                                "gco2": round(self.gco2, 9), "cost": round(self.cost, 9), "cached": self.cached,
@@ -133,6 +134,7 @@ class Dispatcher:
             out = InferOutcome(req.id, req.task, False, error={"code": "timeout",
                                "message": f"no answer within the request's {timeout_s * 1000:.0f} ms"})
         out.latency_ms = (time.perf_counter() - started) * 1000 - out.deferred_s * 1000
+        out.hub = self.hub.config.hub_id
         self.counts["ok" if out.ok else "failed"] += 1
         log.info("task %s %s: %s via %s in %.1f ms", req.id, req.task, "ok" if out.ok else out.error,
                  out.served_by, out.latency_ms)
