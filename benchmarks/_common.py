@@ -34,7 +34,7 @@ class Broker:
         conf = self.dir / "mosquitto.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                         f"log_dest stderr\nlog_type error\nmax_queued_messages 1000000\n"
-                        f"max_inflight_messages 0\nuser {getpass.getuser()}\n")
+                        f"max_inflight_messages 0\nset_tcp_nodelay true\nuser {getpass.getuser()}\n")
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 5

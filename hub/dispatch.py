@@ -230,7 +230,7 @@ class Dispatcher:
             if getattr(req, key) is not None:
                 params[key] = getattr(req, key)
         t0 = time.perf_counter()
-        resp = await hub.rpc.call(cand.device_id, "infer", params, timeout_s + 0.05, request_id=req.id, on_chunk=emit)
+        resp = await hub.rpc.call(cand.device_id, "infer", params, timeout_s + 0.02, request_id=req.id, on_chunk=emit)
         ms = (time.perf_counter() - t0) * 1000
         ok = resp.ok and resp.result is not None
         error = "" if ok else f"{resp.error.code}: {resp.error.message}" if resp.error else "no result"

@@ -15,6 +15,7 @@ code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
@@ -117,6 +118,9 @@ class _Connection:
 
     def _socket_open(self, sock: Any) -> None:
         self._sock = sock
+        # paho leaves Nagle on: small RPC packets would wait for the peer's delayed ACK.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.loop.add_reader(sock, self._read)
         self._misc = self.loop.create_task(self._misc_loop())
 

@@ -48,7 +48,7 @@ class Mosquitto:
     def start(self) -> None:
         conf = self.workdir / f"mosquitto-{self.port}.conf"
         listener = self.extra_conf if "listener" in self.extra_conf else f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{self.extra_conf}"
-        conf.write_text(f"{listener}\npersistence false\nlog_dest stderr\nlog_type error\n"
+        conf.write_text(f"{listener}\npersistence false\nset_tcp_nodelay true\nlog_dest stderr\nlog_type error\n"
                         f"max_queued_messages 100000\nuser {os.environ.get('USER') or 'root'}\n")
         self.log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=self.log, stderr=self.log,
