@@ -113,11 +113,11 @@ def make_hub(tmp_path: Path) -> Callable[..., Any]:
 
 
 class AgentProc:
-    def __init__(self, argv: list[str], device_id: str) -> None:
+    def __init__(self, argv: list[str], device_id: str, env: dict[str, str] | None = None) -> None:
         self.device_id = device_id
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=True)
+                                     env={**os.environ, **env} if env else None, start_new_session=True)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -139,7 +139,11 @@ class Agent:
             tier = o.tier or (Tier.medium if hardware.accelerator else Tier.small)
         if o.battery_pct is not None:
             power = power.model_copy(update={"battery_pct": o.battery_pct})
-        models += local_tflite_models(o.models_dir)
+        if o.models_dir is not None:
+            models += local_tflite_models(o.models_dir)
+        elif profile is None:
+            from .executors.tflite import bundled_models_dir
+            models += local_tflite_models(bundled_models_dir())  # the shipped intent classifier
         if o.ollama_host:
             try:
                 models += await list_ollama_models(o.ollama_host, timeout_s=3)

@@ -2,8 +2,9 @@
 
 A profile supplies the hardware and power figures and the models such a device typically
 serves; everything else (MQTT, zeroconf, HTTP, RPC) is the real agent. Models of a profile use
-the ``simulated`` runtime: they answer after the advertised latency and say that they are
-simulated (real executors arrive with the execution issue). Figures are order-of-magnitude
+the ``simulated`` runtime — they answer after the advertised latency and say that they are
+simulated — except the intent classifier, which is the real LiteRT model shipped in
+``hub/agent/models`` (``models/intent``). Figures are order-of-magnitude
 estimates for the class of device, replaced by measurements once a model really runs:
 - watch: a smartwatch battery holds about 1.2 Wh (308 mAh at 3.85 V, Apple Watch Series 9
   45 mm); a tiny intent model runs in a few ms on its NPU/CPU.
@@ -39,7 +40,7 @@ PROFILES: dict[str, Profile] = {
         Power(source=PowerSource.battery, battery_pct=76, charging=False, idle_w=0.02, active_w=0.4,
               battery_floor_pct=30),
         (
-            _model("intent-tiny", ["intent"], 4, 9, 0.002, 0.80),
+            _model("intent-tiny", ["intent"], 4, 9, 0.002, 0.80, runtime="tflite"),
             _model("eeg-state-tiny", ["eeg"], 2, 5, 0.001, 0.75),
         ),
     ),
@@ -49,7 +50,7 @@ PROFILES: dict[str, Profile] = {
                  accelerator=Accelerator(kind="npu", name="phone NPU (profile)")),
         Power(source=PowerSource.battery, battery_pct=62, charging=False, idle_w=0.3, active_w=4.0),
         (
-            _model("intent-tiny", ["intent", "classify"], 3, 7, 0.01, 0.82),
+            _model("intent-tiny", ["intent"], 3, 7, 0.01, 0.82, runtime="tflite"),
             _model("minilm-embed", ["embed"], 12, 30, 0.05, 0.80),
             _model("whisper-tiny", ["transcribe"], 450, 900, 1.8, 0.70),
         ),

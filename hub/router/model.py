@@ -108,6 +108,11 @@ class Entry:
 TIER_LATENCY_MS = {Tier.tiny: (10, 30), Tier.small: (600, 1500), Tier.medium: (1500, 4000), Tier.large: (2000, 6000)}
 
 
+#: Expected quality of a model that announced none (an Ollama model, a cloud model): a larger
+#: tier is presumed better until outcomes say otherwise.
+TIER_QUALITY = {Tier.tiny: 0.6, Tier.small: 0.65, Tier.medium: 0.8, Tier.large: 0.9}
+
+
 def _entry(d: DeviceView, m: ModelSpec) -> Entry:
     cloud = m.runtime == "cloud" or d.tier is Tier.large
     measured = m.latency_ms is not None
@@ -120,7 +125,8 @@ def _entry(d: DeviceView, m: ModelSpec) -> Entry:
         cost = joules / 3.6e6 * (d.marginal_price_per_kwh or 0.0)
     below = (d.power_source == "battery" and not d.charging and d.battery_pct is not None
              and d.battery_pct < d.battery_floor_pct)
-    return Entry(d, m, cloud, Tier.large if cloud else d.tier, m.quality if m.quality is not None else 0.5,
+    tier = Tier.large if cloud else d.tier
+    return Entry(d, m, cloud, tier, m.quality if m.quality is not None else TIER_QUALITY[tier],
                  p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, below,
                  Live(p50 + queue, p95 + queue, 1.0, ""))
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from ...capability import ModelSpec
 from .base import Emit, ExecError, InferCall, InferResult
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -40,6 +41,26 @@ def cloud_models_available(env: Mapping[str, str] = os.environ) -> dict[str, boo
     """Which providers have a key. The cloud layer is absent when neither has one."""
     return {"anthropic": bool(env.get("ANTHROPIC_API_KEY", "").strip()),
             "openai": bool(env.get("OPENAI_API_KEY", "").strip())}
+
+
+#: Models announced per provider when its key is set; override with a comma-separated
+#: ``SOVEREIGN_ANTHROPIC_MODELS`` / ``SOVEREIGN_OPENAI_MODELS``. Names must match the hub's
+#: ``router.cloud_prices`` to be priced.
+DEFAULT_MODELS = {"anthropic": "claude-haiku-4-5,claude-sonnet-4-5", "openai": "gpt-4o-mini"}
+CLOUD_TASKS = ["intent", "classify", "summarize", "qa", "format", "draft", "code", "reason"]
+
+
+def cloud_model_specs(env: Mapping[str, str] = os.environ) -> list[ModelSpec]:
+    """What this machine can offer of the cloud layer: nothing without a key. Quality is left
+    unset (the router's default applies) and latency unmeasured until calls are made."""
+    out = []
+    for provider, has_key in cloud_models_available(env).items():
+        if not has_key:
+            continue
+        names = env.get(f"SOVEREIGN_{provider.upper()}_MODELS") or DEFAULT_MODELS[provider]
+        for name in filter(None, (n.strip() for n in names.split(","))):
+            out.append(ModelSpec(name=name, runtime="cloud", tasks=CLOUD_TASKS, max_concurrency=16))
+    return out
 
 
 class CloudExecutor:

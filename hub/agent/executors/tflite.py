@@ -68,8 +68,8 @@ class Featurizer:
         return cls(buckets, tuple(ngrams), re.compile(str(settings.get("token_pattern", ""))))
 
     def tokens(self, text: str) -> list[str]:
-        # NFKC folds typographic apostrophes' look-alikes and full-width letters; casefold is the
-        # Unicode-correct lowercasing, so "Ana" and "ANA" hash alike.
+        # NFKC folds full-width and compatibility letters, casefold is Unicode-correct lowercasing
+        # ("Ana" and "ANA" hash alike); speech-to-text often writes the typographic apostrophe.
         text = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
         return self.token_re.findall(text)
 

@@ -1,0 +1,148 @@
+"""Train the tiny intent classifier and write hub/agent/models/intent-tiny.{tflite,json}.
+
+Needs TensorFlow, which the hub itself never does: run it from a throwaway venv (see README.md).
+The featurizer is imported from the executor that runs the model, so the two cannot drift.
+
+    python models/intent/build.py [--check]   # --check: build in memory, compare with the shipped files
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from hub.agent.executors.tflite import FEATURES, Featurizer, bundled_models_dir  # noqa: E402
+
+NAME = "intent-tiny"
+SEED = 20240611
+HIDDEN = 32
+EPOCHS = 150
+HERE = Path(__file__).resolve().parent
+
+
+def read(path: Path) -> tuple[list[str], list[str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r["utterance"] for r in rows], [r["label"] for r in rows]
+
+
+def train(x: np.ndarray, y: np.ndarray, n_labels: int) -> tf.keras.Model:
+    tf.keras.utils.set_random_seed(SEED)
+    tf.config.experimental.enable_op_determinism()
+    model = tf.keras.Sequential([
+        tf.keras.Input(shape=(x.shape[1],), name="features"),
+        tf.keras.layers.Dense(HIDDEN, activation="relu", kernel_regularizer=tf.keras.regularizers.l2(1e-4)),
+        tf.keras.layers.Dropout(0.2),  # a few hundred utterances: without it the net memorises them
+        tf.keras.layers.Dense(n_labels, activation="softmax"),
+    ])
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.fit(x, y, epochs=EPOCHS, batch_size=32, shuffle=True, verbose=0)
+    return model
+
+
+def convert(model: tf.keras.Model, buckets: int) -> bytes:
+    # Through a SavedModel: converting a Keras 3 model's concrete function directly drops the
+    # weights (a 3 KB file that answers one label). A fixed batch of 1 is what the executor feeds.
+    with tempfile.TemporaryDirectory() as tmp:
+        export = tf.keras.export.ExportArchive()
+        export.track(model)
+        export.add_endpoint("serve", lambda x: model(x, training=False),
+                            input_signature=[tf.TensorSpec([1, buckets], tf.float32, name="features")])
+        export.write_out(tmp, verbose=False)
+        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        # Dynamic-range quantisation: int8 weights (4x smaller), float32 input and output.
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        return conv.convert()
+
+
+def tflite_predict(blob: bytes, x: np.ndarray) -> np.ndarray:
+    try:  # the interpreter the hub uses, when this venv has it
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter
+    itp = Interpreter(model_content=blob, num_threads=1)
+    itp.allocate_tensors()
+    i, o = itp.get_input_details()[0]["index"], itp.get_output_details()[0]["index"]
+    out = []
+    for row in x:
+        itp.set_tensor(i, row[np.newaxis, :])
+        itp.invoke()
+        out.append(itp.get_tensor(o)[0].copy())
+    return np.array(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="do not write; compare with the shipped model")
+    args = ap.parse_args()
+
+    feat = Featurizer.from_settings(FEATURES)
+    train_text, train_lab = read(HERE / "data.csv")
+    test_text, test_lab = read(HERE / "test.csv")
+    labels = sorted(set(train_lab))
+    assert set(test_lab) <= set(labels), set(test_lab) - set(labels)
+    idx = {lab: i for i, lab in enumerate(labels)}
+    x_train = np.stack([feat(t) for t in train_text])
+    y_train = np.array([idx[lab] for lab in train_lab])
+    x_test = np.stack([feat(t) for t in test_text])
+    y_test = np.array([idx[lab] for lab in test_lab])
+
+    model = train(x_train, y_train, len(labels))
+    blob = convert(model, feat.buckets)
+
+    keras_test = model.predict(x_test, verbose=0).argmax(1)
+    tfl_train = tflite_predict(blob, x_train).argmax(1)
+    tfl_test = tflite_predict(blob, x_test).argmax(1)
+    train_acc = float((tfl_train == y_train).mean())
+    test_acc = float((tfl_test == y_test).mean())
+    print(f"{len(train_text)} training utterances, {len(test_text)} held out, {len(labels)} labels")
+    print(f"tflite: train accuracy {train_acc:.3f}, test accuracy {test_acc:.3f}; "
+          f"keras test accuracy {float((keras_test == y_test).mean()):.3f}; {len(blob)} bytes")
+    for t, want, got in zip(test_text, y_test, tfl_test):
+        if want != got:
+            print(f"  miss: {t!r}: {labels[want]} -> {labels[got]}")
+
+    meta = {
+        "name": NAME,
+        "tasks": ["intent"],
+        "labels": labels,
+        "features": FEATURES,
+        "trained_on": f"models/intent/data.csv ({len(train_text)} utterances, hand-written)",
+        "test_accuracy": round(test_acc, 4),
+        "test_set": f"models/intent/test.csv ({len(test_text)} utterances, held out)",
+        "size_bytes": len(blob),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "built_with": f"tensorflow-cpu {tf.__version__}",
+        "seed": SEED,
+        "script": "models/intent/build.py",
+    }
+    out = bundled_models_dir()
+    if args.check:
+        shipped = out / f"{NAME}.tflite"
+        old = hashlib.sha256(shipped.read_bytes()).hexdigest() if shipped.is_file() else None
+        same = old == meta["sha256"]
+        print("identical to the shipped model" if same else f"differs from the shipped model ({old})")
+        return 0 if same else 1
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{NAME}.tflite").write_bytes(blob)
+    (out / f"{NAME}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {out / NAME}.tflite and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The cloud layer end to end: an agent process serving Claude through the Anthropic Messages API,
+the hub escalating to it when the local device dies mid-request, and ``local_only`` requests
+that never reach it.
+
+No cloud service can be reached from here: the Anthropic API is a stand-in server on loopback
+answering with the response shape from Anthropic's Messages API documentation
+(https://docs.anthropic.com/en/api/messages), and counting the calls it gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from .conftest import AgentProc, wait_for
+from .test_dispatch import fleet, post
+
+PRICES = {"router": {"cloud_prices": {"claude-haiku-4-5": {"input_per_mtok": 1.0, "output_per_mtok": 5.0},
+                                      "claude-sonnet-4-5": {"input_per_mtok": 3.0, "output_per_mtok": 15.0}}}}
+
+
+@pytest.fixture
+async def anthropic() -> AsyncIterator[dict[str, Any]]:
+    state: dict[str, Any] = {"calls": []}
+
+    async def messages(request: web.Request) -> web.Response:
+        body = await request.json()
+        state["calls"].append(body)
+        assert request.headers["x-api-key"] == "sk-test" and request.headers["anthropic-version"] == "2023-06-01"
+        return web.json_response({
+            "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant", "model": body["model"],
+            "content": [{"type": "text", "text": "Paris is the capital of France."}],
+            "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 9}})
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield state
+    await runner.cleanup()
+
+
+def cloud_agent(broker_url: str, api_url: str) -> AgentProc:
+    device_id = f"t-cloud-{uuid.uuid4().hex[:6]}"
+    argv = [sys.executable, "-m", "hub", "agent", "--id", device_id, "--tier", "large", "--cloud", "--broker", broker_url,
+            "--http-host", "127.0.0.1", "--no-zeroconf", "--log-level", "warning"]
+    return AgentProc(argv, device_id, env={"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": api_url})
+
+
+async def test_local_failure_escalates_to_the_cloud(mosquitto: Any, make_hub: Any, spawn_agent: Any,
+                                                    anthropic: dict[str, Any]) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, **PRICES) as hub:
+        cloud = cloud_agent(mosquitto.url, anthropic["url"])
+        try:
+            [laptop] = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ("--seed", "3")))
+            await wait_for(lambda: (r := hub.registry.get(cloud.device_id)) and r.online, 20, what="cloud agent")
+            hub._fleet = None
+            body = {"task": "qa", "text": "what is the capital of France?", "budget_ms": 8000}
+            _, dry = await post(hub, "/api/route", body)
+            assert dry["chosen"]["device"] == laptop.device_id, dry
+            assert any(c["device"] == cloud.device_id for c in dry["chain"])
+            call = asyncio.create_task(post(hub, "/api/infer", body))
+            await wait_for(lambda: hub.dispatcher.counts["requests"] == 1, 5)
+            await asyncio.sleep(0.1)
+            laptop.kill()
+            status, out = await call
+            assert status == 200 and out["ok"], out
+            assert out["served_by"]["device"] == cloud.device_id and out["output"] == "Paris is the capital of France."
+            assert [a["ok"] for a in out["attempts"]] == [False, True]
+            assert out["cost"] > 0 and len(anthropic["calls"]) == 1
+            assert anthropic["calls"][0]["messages"] == [{"role": "user", "content": body["text"]}]
+        finally:
+            cloud.terminate()
+
+
+async def test_local_only_never_reaches_the_cloud(mosquitto: Any, make_hub: Any, spawn_agent: Any,
+                                                  anthropic: dict[str, Any]) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, **PRICES) as hub:
+        cloud = cloud_agent(mosquitto.url, anthropic["url"])
+        try:
+            [laptop] = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ()))
+            await wait_for(lambda: (r := hub.registry.get(cloud.device_id)) and r.online, 20, what="cloud agent")
+            hub._fleet = None
+            private = {"task": "qa", "text": "summarise my medical notes", "local_only": True, "budget_ms": 8000}
+            status, out = await post(hub, "/api/infer", private)
+            assert status == 200 and out["served_by"]["device"] == laptop.device_id
+            laptop.kill()
+            await wait_for(lambda: not hub.registry.get(laptop.device_id).online, 10)
+            hub._fleet = None
+            status, out = await post(hub, "/api/infer", {**private, "id": "private-2"})
+            assert status == 503 and out["error"]["code"] == "no_route", out
+            assert any("local_only" in r for r in out["reasons"])
+            assert anthropic["calls"] == [], "a local_only request reached the cloud"
+        finally:
+            cloud.terminate()
