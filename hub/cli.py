@@ -93,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
     ru.add_argument("--json", action="store_true")
 
+    for name, helptext in (("infer", "run a task on the fleet and print the answer"),
+                           ("route", "dry run: which device and model would take a task, and why")):
+        t = sub.add_parser(name, help=helptext)
+        t.add_argument("text", nargs="?", help="the input text (default: standard input)")
+        t.add_argument("--task", default="qa", help="task type (default qa)")
+        t.add_argument("--budget-ms", type=float, default=5000)
+        t.add_argument("--quality-floor", type=float, default=0.0)
+        t.add_argument("--local-only", action="store_true", help="never the cloud layer")
+        t.add_argument("--mode", choices=["single", "consensus"], default="single")
+        t.add_argument("--requester", help="device id asking")
+        t.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
+        t.add_argument("--json", action="store_true")
+        if name == "infer":
+            t.add_argument("--stream", action="store_true", help="print text as it is generated")
+            t.add_argument("--max-tokens", type=int)
+            t.add_argument("--timeout-ms", type=float)
+
     sim = sub.add_parser("simulate", help="replay a task trace through the router under each policy")
     sim.add_argument("--fleet", type=Path, required=True)
     sim.add_argument("--trace", type=Path, required=True)
@@ -127,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             return _show(args, "/api/costs", format_costs)
         if args.command == "rules":
             return _cmd_rules(args)
+        if args.command in ("infer", "route"):
+            return _cmd_task(args)
         if args.command == "simulate":
             return _cmd_simulate(args)
         if args.command == "demo":
@@ -298,6 +317,86 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print(f"{result['tasks']} tasks from {args.trace}, seed {args.seed}")
         print(format_table(result))
     return 0
+
+
+def _post(url: str, body: dict[str, Any], timeout: float) -> Any:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST")
+    token = os.environ.get("SOVEREIGN_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    return urllib.request.urlopen(req, timeout=timeout)
+
+
+def _cmd_task(args: argparse.Namespace) -> int:
+    text = args.text if args.text is not None else sys.stdin.read()
+    body: dict[str, Any] = {"task": args.task, "text": text, "budget_ms": args.budget_ms,
+                            "quality_floor": args.quality_floor, "local_only": args.local_only, "mode": args.mode}
+    if args.requester:
+        body["requester"] = args.requester
+    infer = args.command == "infer"
+    if infer:
+        body["stream"] = args.stream
+        if args.max_tokens:
+            body["options"] = {"max_tokens": args.max_tokens}
+        if args.timeout_ms:
+            body["timeout_ms"] = args.timeout_ms
+    timeout = (args.timeout_ms or 30_000) / 1000 + 5 if infer else 10
+    try:
+        resp = _post(f"{args.url.rstrip('/')}/api/{'infer' if infer else 'route'}", body, timeout)
+    except urllib.error.HTTPError as exc:
+        doc = json.load(exc)
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        else:
+            err = doc.get("error") or {}
+            print(f"error ({err.get('code', exc.code)}): {err.get('message', exc)}", file=sys.stderr)
+            for reason in doc.get("reasons", [])[1:]:
+                print(f"  - {reason}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)}); is `sovereign run` or "
+              "`sovereign demo` running? (--url or SOVEREIGN_URL)", file=sys.stderr)
+        return 1
+    with resp:
+        if infer and args.stream:
+            doc = {}
+            for line in resp:
+                item = json.loads(line)
+                if "chunk" in item and not args.json:
+                    print(item["chunk"], end="", flush=True)
+                elif item.get("done"):
+                    doc = item
+            if not args.json:
+                print()
+        else:
+            doc = json.load(resp)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0 if doc.get("ok", True) else 1
+    if not infer:
+        print(format_decision(doc))
+        return 0
+    if not (args.stream):
+        print(doc["output"] if isinstance(doc["output"], str) else json.dumps(doc["output"]))
+    by = doc.get("served_by") or {}
+    extra = f", confidence {doc['confidence']:.2f}" if doc.get("confidence") is not None else ""
+    print(f"-- {doc['id']}: {by.get('model')} on {by.get('device')} ({by.get('layer')}), "
+          f"{doc['latency_ms']:.0f} ms, {doc['joules']:.3g} J, ${doc['cost']:.6f}{extra}"
+          + (", simulated" if doc.get("simulated") else "")
+          + (f", after {len(doc['attempts']) - 1} failed attempt(s)" if len(doc["attempts"]) > 1 else ""),
+          file=sys.stderr)
+    return 0
+
+
+def format_decision(d: dict[str, Any]) -> str:
+    lines = [f"policy {d['policy']}, minimum tier {d['min_tier']}"]
+    for i, c in enumerate(d["chain"]):
+        mark = "→" if i == 0 else " "
+        lines.append(f"{mark} {c['model']} on {c['device']} ({c['tier']}): p95 {c['p95_ms']:.0f} ms, {c['joules']:.3g} J, "
+                     f"{c['gco2']:.3g} gCO2, ${c['cost']:.6f}, quality {c['quality']:.2f}, score {c['score']:.3f}")
+    lines += [f"  excluded {e['device']}{'/' + e['model'] if e['model'] else ''}: {e['reason']}" for e in d["excluded"]]
+    lines += [f"  - {r}" for r in d["reasons"]]
+    return "\n".join(lines)
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:

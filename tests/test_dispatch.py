@@ -144,3 +144,22 @@ async def test_bad_requests_get_clear_errors(mosquitto: Any, make_hub: Any, spaw
         assert hub.http_url  # still serving
         status, out = await post(hub, "/api/infer", {"task": "echo", "text": "still fine"})
         assert status == 200 and out["output"] == "still fine"
+
+
+async def test_cli_infer_and_route(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    from .test_http_cli import _cli
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        [phone, laptop] = await fleet(hub, spawn_agent, mosquitto.url, ("phone", ()), ("laptop", ()))
+        out = await asyncio.to_thread(_cli, "infer", "turn off the lights please", "--task", "intent", "--url",
+                                      hub.http_url)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "lights_off" and f"intent-tiny on {phone.device_id}" in out.stderr
+        out = await asyncio.to_thread(_cli, "infer", "notes", "--task", "summarize", "--budget-ms", "20000",
+                                      "--stream", "--url", hub.http_url)
+        assert out.returncode == 0 and "[simulated]" in out.stdout and laptop.device_id in out.stderr, out.stderr
+        out = await asyncio.to_thread(_cli, "route", "lock the door", "--task", "intent", "--url", hub.http_url)
+        assert out.returncode == 0 and out.stdout.startswith("policy sovereign") and "→ intent-tiny" in out.stdout
+        out = await asyncio.to_thread(_cli, "infer", "x", "--task", "teleport", "--url", hub.http_url)
+        assert out.returncode == 1 and "unknown task 'teleport'" in out.stderr
+        out = await asyncio.to_thread(_cli, "infer", "x", "--task", "vision", "--url", hub.http_url, "--json")
+        assert out.returncode == 1 and json.loads(out.stdout)["error"]["code"] == "no_route"
