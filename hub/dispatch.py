@@ -126,6 +126,9 @@ class Dispatcher:
             req = req.model_copy(update={"id": uuid.uuid4().hex[:16]})
         started = time.perf_counter()
         timeout_s = (req.timeout_ms or self.cfg.default_timeout_ms) / 1000
+        if req.deadline is not None and req.timeout_ms is None:
+            # Deferrable work may wait for its window: the deadline bounds it, not the default.
+            timeout_s = max(timeout_s, req.deadline - time.time())
         self.counts["requests"] += 1
         try:
             async with asyncio.timeout(timeout_s):

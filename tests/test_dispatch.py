@@ -163,3 +163,21 @@ async def test_cli_infer_and_route(mosquitto: Any, make_hub: Any, spawn_agent: A
         assert out.returncode == 1 and "unknown task 'teleport'" in out.stderr
         out = await asyncio.to_thread(_cli, "infer", "x", "--task", "vision", "--url", hub.http_url, "--json")
         assert out.returncode == 1 and json.loads(out.stdout)["error"]["code"] == "no_route"
+
+
+async def test_deferred_task_waits_for_the_clean_window_and_runs_by_its_deadline(
+        mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    from hub.energy.model import ForecastPoint
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        [agent] = await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
+        now = time.time()
+        hub.energy.report("test", "carbon_g_per_kwh", 400, now)
+        hub.energy.set_forecast("test", "carbon_g_per_kwh", [ForecastPoint(now - 1, now + 2, 400),
+                                                             ForecastPoint(now + 2, now + 600, 60)])
+        status, out = await post(hub, "/api/infer", {"task": "echo", "text": "batch job", "deadline": now + 30})
+        assert status == 200 and out["ok"], out
+        assert 1.0 <= out["deferred_s"] <= 4.0, out
+        assert time.time() <= now + 30
+        # A deadline that leaves no cleaner window runs at once.
+        status, out = await post(hub, "/api/infer", {"task": "echo", "text": "urgent", "deadline": time.time() + 1.5})
+        assert status == 200 and "deferred_s" not in out
