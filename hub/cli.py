@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--cloud", action="store_true",
                        help="serve cloud models whose API key is in the environment (ANTHROPIC_API_KEY, OPENAI_API_KEY)")
     agent.add_argument("--seed", type=int, help="seed of the simulated runtime's latencies")
+    agent.add_argument("--real-models", action="store_true",
+                       help="with --profile: run a profile's model for real where a runtime for it is installed "
+                            "(smollm2-135m on llama.cpp)")
     agent.add_argument("--idle-w", type=float)
     agent.add_argument("--active-w", type=float)
     agent.add_argument("--battery-pct", type=float, help="override the reported battery charge")
@@ -203,7 +206,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         http_host=args.http_host, http_port=args.http_port, zeroconf=not args.no_zeroconf, mqtt=not args.no_mqtt,
         zeroconf_interfaces=_interfaces(args.zeroconf_interface), models_dir=args.models_dir,
         ollama_host=args.ollama_host, idle_w=args.idle_w, active_w=args.active_w, battery_pct=args.battery_pct,
-        rules_file=args.rules, cloud=args.cloud, seed=args.seed,
+        rules_file=args.rules, cloud=args.cloud, seed=args.seed, real_models=args.real_models,
     )
     try:
         opts.extra_models = code_models(echo=args.echo, rules_file=args.rules)

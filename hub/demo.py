@@ -37,7 +37,8 @@ class AgentProcess:
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "hub", "agent", "--profile", self.profile, "--id", self.device_id,
                 "--name", f"Demo {self.profile}", "--broker", self.broker, "--http-host", "127.0.0.1",
-                "--zeroconf-interface", "127.0.0.1", "--heartbeat-s", "5", "--log-level", "warning"]
+                "--zeroconf-interface", "127.0.0.1", "--heartbeat-s", "5", "--log-level", "warning",
+                "--real-models"]
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"agent {self.profile}")
@@ -100,6 +101,7 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
         print(f"error: {exc}", file=sys.stderr)
         return 1
     agents = [AgentProcess(p, hub.broker_url) for p in FLEET]
+    url = "" if http_port == 8700 else f" --url {hub.http_url}"
     try:
         for agent in agents:
             agent.start()
@@ -108,8 +110,10 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
               f"  Broker:  {hub.broker_url}\n"
               f"  Devices: {', '.join(a.device_id for a in agents)} (agent processes)\n"
               f"  Energy:  {hub.http_url}/api/energy (2020 GB grid replayed at {replay_speed:g}x)\n"
-              f"Try: sovereign devices{'' if http_port == 8700 else f' --url {hub.http_url}'}, sovereign energy   "
-              "— Ctrl-C stops everything.", flush=True)
+              f"Try: sovereign devices{url}, sovereign energy{url},\n"
+              f"     sovereign infer --task intent 'schedule a meeting with Ana tomorrow at ten'{url},\n"
+              f"     sovereign infer --task qa --stream 'what is a heat pump?'{url}   — Ctrl-C stops everything.",
+              flush=True)
         await stop.wait()
     finally:
         await asyncio.gather(*(a.stop() for a in agents))

@@ -181,3 +181,15 @@ async def test_deferred_task_waits_for_the_clean_window_and_runs_by_its_deadline
         # A deadline that leaves no cleaner window runs at once.
         status, out = await post(hub, "/api/infer", {"task": "echo", "text": "urgent", "deadline": time.time() + 1.5})
         assert status == 200 and "deferred_s" not in out
+
+
+async def test_laptop_answers_for_real_with_llamacpp(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    """``--real-models`` (what the demo passes) runs the laptop's SmolLM2-135M on llama.cpp."""
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        [laptop] = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ("--real-models",)))
+        status, out = await post(hub, "/api/infer", {"task": "qa", "text": "What is the capital of France?",
+                                                     "budget_ms": 20000, "options": {"max_tokens": 24}})
+        assert status == 200 and out["ok"], out
+        assert out["served_by"] == {"device": laptop.device_id, "model": "smollm2-135m", "layer": "small"}
+        assert not out.get("simulated") and "Paris" in out["output"], out
+        assert out["joules"] > 0

