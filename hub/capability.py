@@ -60,6 +60,15 @@ KNOWN_TASKS = (
 TaskName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 
 
+def check_task_input(task: str, inputs: dict[str, object]) -> None:
+    """A request names a known task and carries at most one input (text, data or ref)."""
+    if task not in KNOWN_TASKS:
+        raise ValueError(f"unknown task {task!r} (known: {', '.join(KNOWN_TASKS)})")
+    given = [k for k, v in inputs.items() if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one input, not {' and '.join(given)}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -105,9 +105,8 @@ class Commands:
         command must not make the hub publish anywhere it likes)."""
         if not topic:
             return None
-        root = self.hub.topics.root
-        if not topic.startswith(root + "/") or any(c in topic for c in "#+") or topic == self.topic:
-            self._reject(f"reply topic {topic!r} is outside {root}/")
+        if not self.hub.topics.allows_reply(topic) or topic == self.topic:
+            self._reject(f"reply topic {topic!r} is outside {self.hub.topics.root}/ or a wildcard")
             return None
         props = None
         if correlation is not None:

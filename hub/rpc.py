@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .capability import PROTOCOL_VERSION, KNOWN_TASKS
+from .capability import PROTOCOL_VERSION, check_task_input
 
 METHODS = ("health", "echo", "infer", "cancel")
 #: Longest a single call may be given, on the wire (an hour: batch transcription on a laptop).
@@ -44,11 +44,7 @@ class InferParams(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "InferParams":
-        if self.task not in KNOWN_TASKS:
-            raise ValueError(f"unknown task {self.task!r} (known: {', '.join(KNOWN_TASKS)})")
-        given = [k for k in ("text", "data", "ref") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give one input, not {' and '.join(given)}")
+        check_task_input(self.task, {"text": self.text, "data": self.data, "ref": self.ref})
         return self
 
 

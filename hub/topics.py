@@ -24,6 +24,11 @@ class Topics:
         if not self.root or any(c in self.root for c in "#+") or self.root.startswith("/") or self.root.endswith("/"):
             raise ValueError(f"invalid topic root {self.root!r}: no wildcards, no leading or trailing '/'")
 
+    def allows_reply(self, topic: str) -> bool:
+        """Replies go only under the root and never to a wildcard: a request must not make the
+        hub or a device publish anywhere it likes."""
+        return topic.startswith(self.root + "/") and not any(c in topic for c in "#+")
+
     def device(self, device_id: str, kind: str) -> str:
         return f"{self.root}/device/{device_id}/{kind}"
 

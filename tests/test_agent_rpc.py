@@ -84,3 +84,46 @@ async def test_rpc_with_mosquitto_rr(mosquitto: Any, spawn_agent: Any, make_hub:
          "-m", json.dumps({"v": 1, "id": "rr1", "method": "echo", "params": {"n": 1}})],
         capture_output=True, timeout=10, check=True)
     assert json.loads(out.stdout)["result"] == {"echo": {"n": 1}}
+
+
+async def test_infer_timeout_cancel_and_bad_params(mosquitto: Any, spawn_agent: Any, make_hub: Any) -> None:
+    """On the agent itself: a call past its timeout_ms answers ``timeout``, a ``cancel`` stops a
+    running call, and bad params name the field."""
+    agent = await online_agent(make_hub, mosquitto, spawn_agent, "laptop")
+    c, q = _client(mosquitto.port, paho.MQTTv5)
+    c.subscribe("sovereign/test/infer", qos=1)
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = "sovereign/test/infer"
+    topic = f"sovereign/device/{agent.device_id}/rpc"
+
+    def send(rid: str, method: str, params: dict[str, Any]) -> None:
+        c.publish(topic, json.dumps({"v": 1, "id": rid, "method": method, "params": params}), qos=1, properties=props)
+
+    def answers(n: int) -> dict[str, Any]:
+        out = {}
+        for _ in range(n):
+            body = json.loads(q.get(timeout=10).payload)
+            out[body["id"]] = body
+        return out
+
+    qa = {"task": "summarize", "model": "smollm2-135m", "text": "notes"}
+    send("slow", "infer", {**qa, "timeout_ms": 30})
+    assert answers(1)["slow"]["error"]["code"] == "timeout"
+    send("long", "infer", {**qa, "timeout_ms": 20_000})
+    import time
+    time.sleep(0.1)
+    send("stop", "cancel", {"id": "long"})
+    got = answers(2)
+    assert got["stop"]["result"] == {"cancelled": True}
+    assert got["long"]["error"]["code"] == "cancelled"
+    send("bad1", "infer", {**qa, "model": "gpt-99"})
+    send("bad2", "infer", {**qa, "task": "embed"})
+    send("bad3", "infer", {**qa, "timeout_ms": -1})
+    got = answers(3)
+    assert got["bad1"]["error"]["code"] == "unknown_model" and "smollm2-135m" in got["bad1"]["error"]["message"]
+    assert got["bad2"]["error"]["code"] == "bad_request" and "does not do 'embed'" in got["bad2"]["error"]["message"]
+    assert got["bad3"]["error"]["code"] == "bad_request" and "params: timeout_ms" in got["bad3"]["error"]["message"]
+    send("ok", "infer", {**qa, "timeout_ms": 5000})
+    ok = answers(1)["ok"]
+    assert ok["ok"] and ok["result"]["simulated"] and ok["result"]["joules"] > 0 and ok["result"]["joules_estimated"]
+    c.loop_stop()

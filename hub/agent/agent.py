@@ -333,7 +333,7 @@ class Agent:
         outside the topic root (a request must not make the device publish anywhere it likes)."""
         if not topic or self.mqtt is None:
             return None
-        if not topic.startswith(self.topics.root + "/") or any(c in topic for c in "#+"):
+        if not self.topics.allows_reply(topic):
             log.warning("rpc: refusing to answer on %r (outside %s/)", topic, self.topics.root)
             return None
         props = None

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..capability import KNOWN_TASKS, ModelSpec, Tier
+from ..capability import ModelSpec, Tier, check_task_input
 
 MAX_BUDGET_MS = 10 * 60 * 1000
 
@@ -32,11 +32,7 @@ class TaskRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TaskRequest":
-        if self.task not in KNOWN_TASKS:
-            raise ValueError(f"unknown task {self.task!r} (known: {', '.join(KNOWN_TASKS)})")
-        given = [k for k in ("text", "data", "ref") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give one input, not {' and '.join(given)}")
+        check_task_input(self.task, {"text": self.text, "data": self.data, "ref": self.ref})
         if self.data is not None:
             try:
                 base64.b64decode(self.data, validate=True)
