@@ -127,3 +127,23 @@ async def test_infer_timeout_cancel_and_bad_params(mosquitto: Any, spawn_agent: 
     ok = answers(1)["ok"]
     assert ok["ok"] and ok["result"]["simulated"] and ok["result"]["joules"] > 0 and ok["result"]["joules_estimated"]
     c.loop_stop()
+
+
+async def test_measured_latency_is_advertised(mosquitto: Any, spawn_agent: Any, make_hub: Any) -> None:
+    """The watch profile advertises 4 ms for its intent classifier; the real LiteRT model takes
+    microseconds, and after 20 calls the agent re-announces what it measured."""
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        agent = spawn_agent(mosquitto.url, "watch", None, "--no-zeroconf")
+        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 15, what="agent online")
+
+        def advertised() -> Any:
+            return next(m.latency_ms for m in hub.registry.get(agent.device_id).capability.models
+                        if m.name == "intent-tiny")
+
+        assert advertised().p50 == 4
+        for i in range(20):
+            resp = await hub.rpc.call(agent.device_id, "infer", {"task": "intent", "model": "intent-tiny",
+                                                                 "text": f"lights off {i}"}, 5)
+            assert resp.ok, resp
+        await wait_for(lambda: advertised().p50 < 1, 10, what="re-announced latency")
+        assert advertised().p95 >= advertised().p50

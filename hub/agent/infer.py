@@ -84,13 +84,23 @@ class InferService:
         self._calls[model] += 1
 
     def refreshed_latency(self) -> dict[str, LatencyMs]:
-        """Measured p50/p95 of the models due for a refresh (every REFRESH_EVERY calls)."""
+        """Measured p50/p95 of the models due for a refresh (every REFRESH_EVERY calls) whose
+        advertised figures are off by more than 20 % and 1 ms: a re-announcement makes every hub
+        re-validate the document and rebuild its fleet, so it is sent only when it matters."""
         out = {}
+        advertised = {m.name: m.latency_ms for m in self._models()}
         for name, samples in self._latencies.items():
-            if self._calls[name] >= REFRESH_EVERY:
-                self._calls[name] = 0
-                ordered = sorted(samples)
-                p50 = ordered[len(ordered) // 2]
-                p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-                out[name] = LatencyMs(p50=round(p50, 3), p95=round(max(p95, p50), 3))
+            if self._calls[name] < REFRESH_EVERY:
+                continue
+            self._calls[name] = 0
+            ordered = sorted(samples)
+            p50 = ordered[len(ordered) // 2]
+            p95 = max(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], p50)
+            old = advertised.get(name)
+            if old is None or _off(old.p50, p50) or _off(old.p95, p95):
+                out[name] = LatencyMs(p50=round(p50, 3), p95=round(p95, 3))
         return out
+
+
+def _off(advertised: float, measured: float) -> bool:
+    return abs(measured - advertised) > max(1.0, 0.2 * advertised)
