@@ -87,8 +87,7 @@ class Commands:
                     nonlocal seq
                     await reply(RpcChunk(id=cmd.id or "", seq=seq, chunk=text).model_dump_json())
                     seq += 1
-            req = InferRequest.model_validate(cmd.model_dump(exclude={"reply_to"}))
-            outcome = await hub.dispatcher.infer(req, emit)
+            outcome = await hub.dispatcher.infer(cmd, emit)  # an InferCommand is an InferRequest
             request_id = outcome.id
             err = None if outcome.ok else RpcErrorBody(**outcome.error) if outcome.error else None
             body = RpcResponse(id=outcome.id, ok=outcome.ok, result=outcome.to_dict(), error=err)

@@ -88,6 +88,7 @@ class _Connection:
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._misc: asyncio.Task[None] | None = None
         self._sock: Any = None
+        self._flush_pending = False
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=opts.client_id or "", protocol=paho.MQTTv5)
         c.max_inflight_messages_set(1000)
         c.max_queued_messages_set(0)
@@ -137,9 +138,22 @@ class _Connection:
         if sock.fileno() < 0:
             return
         if on:
-            self.loop.add_writer(sock, self._write)
+            # Usually the socket can take the bytes at once: write them at the end of this loop
+            # iteration (one write for every publish queued meanwhile) and only wait for
+            # writability when the kernel buffer is full — not an epoll registration and an
+            # extra loop turn per publish.
+            if not self._flush_pending:
+                self._flush_pending = True
+                self.loop.call_soon(self._flush)
         else:
             self.loop.remove_writer(sock)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self.client.loop_write()
+        sock = self.client.socket()
+        if sock is not None and self.client.want_write():
+            self.loop.add_writer(sock, self._write)
 
     def _read(self) -> None:
         # paho reads one packet per loop_read(). Keep reading while bytes are waiting, so that a
