@@ -258,6 +258,28 @@ class Dispatcher:
         self.hub.ledger.add(LedgerEntry(req.id, time.time(), req.task, device, model, layer, ok, ms, joules, gco2,
                                         cost, cloud_cost, cloud_g))
 
+    async def _judge(self, req: InferRequest, decision: RouteDecision,
+                     answers: list[tuple[Candidate, dict[str, Any]]], out: InferOutcome) -> int | None:
+        """Ask the chain's large-tier model which answer is best; None when it cannot say."""
+        judge = next((c for c in decision.chain if c.tier.value == "large"), None)
+        if judge is None or len(answers) < 2:
+            return None
+        listing = "\n".join(f"{i + 1}) {str(a.get('output'))[:2000]}" for i, (_, a) in enumerate(answers))
+        prompt = (f"Task ({req.task}): {(req.text or '')[:4000]}\n\nCandidate answers:\n{listing}\n\n"
+                  f"Which answer is best? Reply with its number only.")
+        ask = req.model_copy(update={"task": "classify", "text": prompt, "stream": False, "data": None, "ref": None,
+                                     "options": {"max_tokens": 4}})
+        verdict, attempt = await self._attempt(ask, judge, None)
+        out.attempts.append(attempt)
+        if verdict is not None:
+            self._account(out, judge, verdict)
+        digits = "".join(ch for ch in str(verdict.get("output", "")) if ch.isdigit())[:2] if verdict else ""
+        if digits and 1 <= int(digits) <= len(answers):
+            out.reasons.append(f"{judge.model} judged answer {digits} of {len(answers)} best")
+            return int(digits) - 1
+        out.reasons.append(f"the judge {judge.model} gave no usable verdict ({attempt.error or 'no number'})")
+        return None
+
     async def _consensus(self, req: InferRequest, decision: RouteDecision, reasons: list[str]) -> InferOutcome:
         plan = plan_consensus(req, decision, self.cfg.consensus_k)
         reasons = reasons + [plan.reason]
@@ -273,8 +295,12 @@ class Dispatcher:
             cand, ans = next((c, a) for c, a in answers if str(a.get("output")) == label)
             out.votes, out.confidence = dict(votes), n / len(answers)
         else:
-            # Highest confidence; a judge model is not asked yet: the plan says so in its reason.
-            cand, ans = max(answers, key=lambda ca: (ca[1].get("confidence") or 0.0, ca[0].quality))
+            pick = await self._judge(req, decision, answers, out) if plan.aggregate == "judge" else None
+            if pick is None:
+                cand, ans = max(answers, key=lambda ca: (ca[1].get("confidence") or 0.0, ca[0].quality))
+                out.reasons.append(f"the most confident answer wins ({cand.device_id}/{cand.model})")
+            else:
+                cand, ans = answers[pick]
             out.confidence = ans.get("confidence")
         out.ok, out.output = True, ans.get("output")
         out.served_by = {"device": cand.device_id, "model": cand.model, "layer": cand.tier.value}

@@ -33,9 +33,13 @@ async def anthropic() -> AsyncIterator[dict[str, Any]]:
         body = await request.json()
         state["calls"].append(body)
         assert request.headers["x-api-key"] == "sk-test" and request.headers["anthropic-version"] == "2023-06-01"
+        prompt = body["messages"][0]["content"]
+        text = "Paris is the capital of France."
+        if "Reply with its number only" in prompt:  # asked to judge: pick the answer about Paris
+            text = next(line.split(")")[0] for line in prompt.splitlines() if ") " in line and "Paris" in line)
         return web.json_response({
             "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [{"type": "text", "text": "Paris is the capital of France."}],
+            "content": [{"type": "text", "text": text}],
             "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 9}})
 
     app = web.Application()
@@ -100,5 +104,26 @@ async def test_local_only_never_reaches_the_cloud(mosquitto: Any, make_hub: Any,
             assert status == 503 and out["error"]["code"] == "no_route", out
             assert any("local_only" in r for r in out["reasons"])
             assert anthropic["calls"] == [], "a local_only request reached the cloud"
+        finally:
+            cloud.terminate()
+
+
+async def test_consensus_on_text_is_judged_by_the_large_model(mosquitto: Any, make_hub: Any, spawn_agent: Any,
+                                                              anthropic: dict[str, Any]) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, **PRICES) as hub:
+        cloud = cloud_agent(mosquitto.url, anthropic["url"])
+        try:
+            await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ()), ("gpu-box", ()))
+            await wait_for(lambda: (r := hub.registry.get(cloud.device_id)) and r.online, 20, what="cloud agent")
+            hub._fleet = None
+            status, out = await post(hub, "/api/infer", {"task": "qa", "text": "what is the capital of France?",
+                                                         "mode": "consensus", "budget_ms": 9000})
+            assert status == 200 and out["ok"], out
+            members = out["attempts"][:-1]
+            assert len({a["device"] for a in members}) == 3 and all(a["ok"] for a in members)
+            assert out["output"] == "Paris is the capital of France."
+            assert any("judged answer" in r for r in out["reasons"]), out["reasons"]
+            judge_call = anthropic["calls"][-1]["messages"][0]["content"]
+            assert "Which answer is best?" in judge_call and "[simulated]" in judge_call
         finally:
             cloud.terminate()

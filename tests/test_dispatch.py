@@ -193,3 +193,19 @@ async def test_laptop_answers_for_real_with_llamacpp(mosquitto: Any, make_hub: A
         assert out["served_by"] == {"device": laptop.device_id, "model": "smollm2-135m", "layer": "small"}
         assert not out.get("simulated") and "Paris" in out["output"], out
         assert out["joules"] > 0
+
+
+async def test_a_client_that_leaves_mid_stream_costs_nothing(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        [laptop] = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ()))
+        async with aiohttp.ClientSession() as s:
+            r = await s.post(hub.http_url + "/api/infer", json={"task": "summarize", "text": "notes", "stream": True,
+                                                                "id": "leaver", "budget_ms": 20000})
+            first = await r.content.readline()
+            assert b"chunk" in first
+            r.close()  # gone without reading the rest
+        await wait_for(lambda: hub.dispatcher.counts["ok"] + hub.dispatcher.counts["failed"] == 1, 10)
+        assert hub.dispatcher.counts["ok"] == 1, "the task finished and was recorded"
+        assert not hub.rpc._pending, "no call left waiting"
+        status, out = await post(hub, "/api/infer", {"task": "summarize", "text": "more notes", "budget_ms": 20000})
+        assert status == 200 and out["ok"]
