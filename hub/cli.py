@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--max-tokens", type=int)
             t.add_argument("--timeout-ms", type=float)
 
+    eeg = sub.add_parser("eeg", help="EEG biofeedback sessions (the eeg plugin)")
+    eeg.add_argument("action", choices=["start", "stop", "pause", "resume", "list", "report"])
+    eeg.add_argument("session", nargs="?", help="session id (stop, pause, resume, report)")
+    eeg.add_argument("--board", help="synthetic, playback, cyton, ganglion, muse-s, muse-2, or a BrainFlow board id")
+    eeg.add_argument("--serial-port")
+    eeg.add_argument("--file", help="playback: a recording in BrainFlow's format")
+    eeg.add_argument("--master-board", help="playback: the board that recorded the file")
+    eeg.add_argument("--protocol", choices=["alpha", "focus", "ratio"])
+    eeg.add_argument("--baseline-s", type=float)
+    eeg.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
+    eeg.add_argument("--json", action="store_true")
+
     sim = sub.add_parser("simulate", help="replay a task trace through the router under each policy")
     sim.add_argument("--fleet", type=Path, required=True)
     sim.add_argument("--trace", type=Path, required=True)
@@ -149,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_rules(args)
         if args.command in ("infer", "route"):
             return _cmd_task(args)
+        if args.command == "eeg":
+            return _cmd_eeg(args)
         if args.command == "simulate":
             return _cmd_simulate(args)
         if args.command == "demo":
@@ -388,6 +402,50 @@ def _cmd_task(args: argparse.Namespace) -> int:
           + (", simulated" if doc.get("simulated") else "")
           + (f", after {len(doc['attempts']) - 1} failed attempt(s)" if len(doc["attempts"]) > 1 else ""),
           file=sys.stderr)
+    return 0
+
+
+def _cmd_eeg(args: argparse.Namespace) -> int:
+    base = f"{args.url.rstrip('/')}/api/eeg/sessions"
+    if args.action != "start" and args.action != "list" and not args.session:
+        print(f"error: sovereign eeg {args.action} needs a session id (see sovereign eeg list)", file=sys.stderr)
+        return 2
+    body: dict[str, Any] = {}
+    if args.action == "start":
+        for key in ("board", "serial_port", "file", "master_board", "protocol", "baseline_s"):
+            if getattr(args, key) is not None:
+                body[key] = getattr(args, key)
+    method, url = {"start": ("POST", base), "list": ("GET", base), "stop": ("DELETE", f"{base}/{args.session}"),
+                   "pause": ("POST", f"{base}/{args.session}/pause"), "resume": ("POST", f"{base}/{args.session}/resume"),
+                   "report": ("POST", f"{base}/{args.session}/report")}[args.action]
+    req = urllib.request.Request(url, json.dumps(body).encode() if method == "POST" else None,
+                                 {"Content-Type": "application/json"}, method=method)
+    token = os.environ.get("SOVEREIGN_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            doc = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        err = json.load(exc).get("error", {})
+        print(f"error ({err.get('code', exc.code)}): {err.get('message', exc)}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif args.action == "report":
+        print(doc["path"])
+    elif args.action == "list":
+        for s in doc["sessions"]:
+            print(f"{s['session']}  {s['state']:<8} {s['board']:<10} {s['protocol']:<6} updates {s['updates']}"
+                  f"  mean score {s['mean_score']}")
+        if not doc["sessions"]:
+            print("no session running")
+    else:
+        print(f"{doc['session']}  {doc['state']}  board {doc['board']}, protocol {doc['protocol']}, "
+              f"{doc['updates']} updates, mean score {doc['mean_score']}")
     return 0
 
 

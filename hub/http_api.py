@@ -192,6 +192,8 @@ def make_app(hub: "Hub") -> web.Application:
     app.router.add_get("/api/devices", devices)
     app.router.add_get("/api/devices/{id}", device)
     app.router.add_delete("/api/devices/{id}", delete_device)
+    for method, path, handler in hub.plugin_routes:
+        app.router.add_route(method, path, handler)
     return app
 
 

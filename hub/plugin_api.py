@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from .bus import EventBus
@@ -30,8 +31,9 @@ from .state import StateStore
 
 # A plugin that reads a feed over MQTT (OpenDTU, for one) opens its own connection with the
 # hub's supervised MqttLink: same reconnect, TLS and credential handling as the hub's.
-__all__ = ["Plugin", "PluginConfig", "PluginContext", "DeviceSink", "EnergySink", "ForecastPoint", "Poller",
-           "SourceError", "BrokerUrl", "Message", "MqttLink", "MqttOptions", "Series", "SeriesError"]
+__all__ = ["Plugin", "PluginConfig", "PluginContext", "PluginServices", "PluginEvent", "DeviceSink", "EnergySink",
+           "ForecastPoint", "Poller", "SourceError", "BrokerUrl", "Message", "MqttLink", "MqttOptions", "Series",
+           "SeriesError", "web"]
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -89,6 +91,33 @@ class EnergySink:
 
     def forecast(self, metric: str, points: list[ForecastPoint]) -> int:
         return self._store.set_forecast(self.source, metric, points)
+
+
+@dataclass(frozen=True, slots=True)
+class PluginEvent:
+    """Something a plugin tells whoever listens on the bus (the dashboard's live feed):
+    ``kind`` such as ``eeg.feedback``, and a JSON-serialisable ``data``."""
+
+    plugin: str
+    kind: str
+    data: dict[str, Any]
+
+
+MessageHandler = Callable[[Message], None]
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class PluginServices:
+    """What the hub lends every plugin context: its MQTT connection, HTTP routes, history and
+    the dispatcher. Built by the runtime; plugins see it only through :class:`PluginContext`."""
+
+    topic_root: str
+    publish: Callable[[str, bytes | str, int, bool, bytes | None], Awaitable[bool]]
+    subscribe: Callable[[str, int, MessageHandler], Awaitable[Callable[[], None]]]
+    add_route: Callable[[str, str, RouteHandler], None]
+    record: Callable[[str, float, float], None]
+    infer: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class SourceError(Exception):
@@ -150,6 +179,7 @@ class PluginContext(Generic[C]):
     energy: EnergySink
     data_dir: Path
     log: logging.Logger
+    services: PluginServices | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _stop_callbacks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -168,6 +198,56 @@ class PluginContext(Generic[C]):
 
     def on_stop(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._stop_callbacks.append(callback)
+
+    # -- what the hub lends ----------------------------------------------------------------------
+
+    def _svc(self) -> PluginServices:
+        if self.services is None:
+            raise RuntimeError(f"plugin {self.name}: no hub services in this context")
+        return self.services
+
+    @property
+    def topic_root(self) -> str:
+        return self._svc().topic_root
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
+        """Publish on the hub's MQTT connection (False when it is down: the message is dropped)."""
+        return await self._svc().publish(topic, payload, qos, retain, None)
+
+    async def publish_reply(self, topic: str, payload: bytes | str, correlation: bytes | None = None) -> bool:
+        """Answer a command on its response topic (with its MQTT 5 correlation data). Refused
+        (False) outside the topic root or with a wildcard: a command must not make the hub
+        publish anywhere it likes."""
+        root = self._svc().topic_root
+        if not topic.startswith(root + "/") or any(c in topic for c in "#+"):
+            self.log.warning("not answering on %r: outside %s/", topic, root)
+            return False
+        return await self._svc().publish(topic, payload, 1, False, correlation)
+
+    async def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+        """Receive messages matching ``topic_filter`` (also after reconnects) until the plugin
+        stops. ``handler`` runs in the event loop and must not block."""
+        unsubscribe = await self._svc().subscribe(topic_filter, qos, handler)
+
+        async def stop() -> None:
+            unsubscribe()
+
+        self.on_stop(stop)
+
+    def add_route(self, method: str, path: str, handler: RouteHandler) -> None:
+        """Serve ``/api/<plugin><path>`` (behind the hub's token, like every API route)."""
+        self._svc().add_route(method, f"/api/{self.name}{path}", handler)
+
+    def record(self, metric: str, value: float, at: float) -> None:
+        """A reading into the hub's history (SQLite, and InfluxDB when configured)."""
+        self._svc().record(f"{self.name}.{metric}", at, value)
+
+    async def infer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run a task on the fleet, as ``POST /api/infer`` does; returns the outcome document."""
+        return await self._svc().infer(request)
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        self.bus.publish(PluginEvent(self.name, kind, data))
 
     async def _stop(self) -> None:
         for task in list(self._tasks):

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from .bus import EventBus
 from .config import ConfigError, format_validation_error
 from .energy.store import EnergyStore
-from .plugin_api import DeviceSink, EnergySink, Plugin, PluginContext
+from .plugin_api import DeviceSink, EnergySink, Plugin, PluginContext, PluginServices
 from .registry import DeviceRegistry
 from .state import StateStore
 
@@ -93,14 +93,15 @@ class PluginManager:
         if errors:
             raise ConfigError("\n".join(errors))
 
-    async def start(self) -> None:
+    async def start(self, services: PluginServices | None = None) -> None:
         for name, cfg in self._configs.items():
             if not getattr(cfg, "enabled", True):
                 continue
             plugin = self.available[name]
             ctx = PluginContext(name=name, config=cfg, bus=self._bus, state=self._state,
                                 devices=DeviceSink(self._registry, name), energy=EnergySink(self._energy, name),
-                                data_dir=self._data_dir / "plugins" / name, log=logging.getLogger(f"plugins.{name}"))
+                                data_dir=self._data_dir / "plugins" / name, log=logging.getLogger(f"plugins.{name}"),
+                                services=services)
             ctx.data_dir.mkdir(parents=True, exist_ok=True)
             try:
                 await plugin.setup(ctx)

@@ -14,12 +14,17 @@ import logging
 import signal
 import time
 from contextlib import AsyncExitStack
+from typing import Any
+
+from paho.mqtt.client import topic_matches_sub as paho_topic_matches_sub
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from aiohttp import web
 
 from .broker import EmbeddedBroker
 from .commands import Commands
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, InferRequest
 from .rpc_client import RpcClient
 from .bus import EventBus
 from .config import HubConfig
@@ -37,6 +42,7 @@ from .router.rules import RuleBook
 from .router.stats import StatsStore
 from .http_api import make_app
 from .mqtt import Birth, Message, MqttLink, MqttOptions
+from .plugin_api import PluginServices
 from .plugins import PluginManager
 from .registry import DeviceChanged, DeviceRegistry, DeviceRemoved
 from .rejects import Rejections
@@ -75,6 +81,8 @@ class Hub:
         self._fleet_built = 0.0
         self._fleet_dirty = True
         self._gc_threshold: tuple[int, int, int] | None = None
+        self._plugin_subscriptions: list[tuple[str, Any]] = []
+        self.plugin_routes: list[tuple[str, str, Any]] = []
 
     async def __aenter__(self) -> "Hub":
         try:
@@ -144,7 +152,7 @@ class Hub:
         if cfg.zeroconf.enabled:
             await self._stack.enter_async_context(ZeroconfDiscovery(cfg.zeroconf, self.registry, self.rejections))
 
-        await self.plugins.start()
+        await self.plugins.start(self._plugin_services())
         self._stack.push_async_callback(self.plugins.stop)
 
         runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=2)
@@ -191,7 +199,41 @@ class Hub:
         self.state.count("mqtt_messages")
         if self.rpc.handle(message) or self.commands.handle(message):
             return
+        if self._plugin_subscriptions:
+            for topic_filter, handler in tuple(self._plugin_subscriptions):
+                if paho_topic_matches_sub(topic_filter, message.topic):
+                    try:
+                        handler(message)
+                    except Exception:  # a plugin's bug is its own
+                        log.exception("plugin handler for %s failed", topic_filter)
+                    return
         self.discovery.handle(message.topic, message.payload, message.retain)
+
+    # -- plugins ---------------------------------------------------------------------------------
+
+    def _plugin_services(self) -> PluginServices:
+        async def publish(topic: str, payload: bytes | str, qos: int, retain: bool, correlation: bytes | None) -> bool:
+            props = None
+            if correlation is not None:
+                props = Properties(PacketTypes.PUBLISH)
+                props.CorrelationData = correlation
+            return await self.mqtt.publish(topic, payload, qos=qos, retain=retain, properties=props) if self.mqtt else False
+
+        async def subscribe(topic_filter: str, qos: int, handler: Any) -> Any:
+            entry = (topic_filter, handler)
+            self._plugin_subscriptions.append(entry)
+            if self.mqtt is not None:
+                await self.mqtt.subscribe(topic_filter, qos)
+            return lambda: self._plugin_subscriptions.remove(entry) if entry in self._plugin_subscriptions else None
+
+        def add_route(method: str, path: str, handler: Any) -> None:
+            self.plugin_routes.append((method, path, handler))
+
+        async def infer(body: dict[str, Any]) -> dict[str, Any]:
+            req = InferRequest.model_validate(body)
+            return (await self.dispatcher.infer(req)).to_dict()
+
+        return PluginServices(self.topics.root, publish, subscribe, add_route, self.record, infer)
 
     def _device_liveness(self, event: DeviceChanged) -> None:
         if event.online_changed and not event.online:
