@@ -253,3 +253,18 @@ async def test_sessions_over_mqtt_and_the_cli(mosquitto: Any, make_hub: Any) -> 
         assert res.returncode == 0 and "stopped" in res.stdout
         res = await asyncio.to_thread(_cli, "eeg", "start", "--board", "nonsense", "--url", hub.http_url)
         assert res.returncode == 1 and "unknown board" in res.stderr
+
+
+async def test_the_fleet_classifies_the_brain_state(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    """The state model is a routable ``eeg`` task: here the watch's LiteRT model answers it."""
+    from .test_dispatch import fleet
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False},
+                        plugins={"eeg": {"state_model": True, "baseline_s": 0}}) as hub:
+        [watch] = await fleet(hub, spawn_agent, mosquitto.url, ("watch", ()))
+        _, s = await api(hub, "POST", "/api/eeg/sessions", {"board": "synthetic"})
+        await asyncio.sleep(3.5)
+        _, summary = await api(hub, "DELETE", f"/api/eeg/sessions/{s['session']}")
+        assert sum(summary["states"].values()) >= 2, summary
+        assert set(summary["states"]) <= {"relaxed", "focused", "drowsy", "artifact"}
+        hub.ledger.flush()
+        assert hub.ledger.periods()["today"]["by_device"][watch.device_id]["count"] >= 2

@@ -3,8 +3,8 @@
 A profile supplies the hardware and power figures and the models such a device typically
 serves; everything else (MQTT, zeroconf, HTTP, RPC) is the real agent. Models of a profile use
 the ``simulated`` runtime — they answer after the advertised latency and say that they are
-simulated — except the intent classifier, which is the real LiteRT model shipped in
-``hub/agent/models`` (``models/intent``). Figures are order-of-magnitude
+simulated — except the intent and EEG-state classifiers, which are the real LiteRT models shipped in
+``hub/agent/models`` (``models/intent``, ``models/eeg``). Figures are order-of-magnitude
 estimates for the class of device, replaced by measurements once a model really runs:
 - watch: a smartwatch battery holds about 1.2 Wh (308 mAh at 3.85 V, Apple Watch Series 9
   45 mm); a tiny intent model runs in a few ms on its NPU/CPU.
@@ -41,7 +41,7 @@ PROFILES: dict[str, Profile] = {
               battery_floor_pct=30),
         (
             _model("intent-tiny", ["intent"], 4, 9, 0.002, 0.80, runtime="tflite"),
-            _model("eeg-state-tiny", ["eeg"], 2, 5, 0.001, 0.75),
+            _model("eeg-state-tiny", ["eeg"], 2, 5, 0.001, 0.75, runtime="tflite"),
         ),
     ),
     "phone": Profile(
