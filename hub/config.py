@@ -210,6 +210,15 @@ class DispatchConfig(_Section):
     max_deferred: int = Field(default=10_000, ge=0)
 
 
+class HomeAssistantConfig(_Section):
+    """MQTT discovery for Home Assistant (hub/homeassistant.py)."""
+
+    enabled: bool = True
+    prefix: str = Field(default="homeassistant", pattern=r"^[^#+/][^#+]*[^#+/]$|^[^#+/]$")
+    #: How often states are re-published (they are also published on every change).
+    state_interval_s: float = Field(default=30.0, ge=1, le=3600)
+
+
 class HubConfig(_Section):
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -223,6 +232,7 @@ class HubConfig(_Section):
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     #: Per-plugin sections, validated by each plugin's own model when it loads.
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

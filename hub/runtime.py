@@ -34,6 +34,7 @@ from .energy.model import EnergyMode, EnergySnapshot
 from .energy.snapshot import DeviceEnergyView, compute_snapshot
 from .energy.store import EnergyInputsChanged, EnergyReading, EnergyStore
 from .history import SqliteHistory
+from .homeassistant import HomeAssistantDiscovery
 from .router.fleet import fleet_snapshot
 from .router.model import FleetSnapshot
 from .router.cache import ResultCache
@@ -140,8 +141,14 @@ class Hub:
         self.commands = Commands(self)
         self.rpc = RpcClient(self.topics, cfg.hub_id)
         opts.subscriptions += [(self.commands.subscription, 1), (self.rpc.reply_topic, 1)]
+        self.homeassistant = HomeAssistantDiscovery(self, cfg.homeassistant) if cfg.homeassistant.enabled else None
+        if self.homeassistant is not None:
+            opts.subscriptions.append((self.homeassistant.status_topic, 1))
         self.mqtt = await self._stack.enter_async_context(
-            MqttLink(opts, self._on_mqtt_message, on_state=self._on_mqtt_state))
+            MqttLink(opts, self._on_mqtt_message, on_state=self._on_mqtt_state, on_connect=self._on_mqtt_connect))
+        if self.homeassistant is not None:
+            self.homeassistant.start()
+            self._stack.push_async_callback(self.homeassistant.stop)
         self.rpc.link = self.mqtt
         self._stack.push_async_callback(self.commands.aclose)
         self.bus.subscribe(DeviceChanged, self._device_liveness)
@@ -199,6 +206,8 @@ class Hub:
         self.state.count("mqtt_messages")
         if self.rpc.handle(message) or self.commands.handle(message):
             return
+        if self.homeassistant is not None and self.homeassistant.handle(message.topic, message.payload):
+            return
         if self._plugin_subscriptions:
             for topic_filter, handler in tuple(self._plugin_subscriptions):
                 if paho_topic_matches_sub(topic_filter, message.topic):
@@ -238,6 +247,10 @@ class Hub:
     def _device_liveness(self, event: DeviceChanged) -> None:
         if event.online_changed and not event.online:
             self.rpc.device_offline(event.device_id)
+
+    async def _on_mqtt_connect(self, _link: MqttLink) -> None:
+        if self.homeassistant is not None:
+            await self.homeassistant.publish_all()
 
     def _on_mqtt_state(self, connected: bool, error: str) -> None:
         self.state.set("mqtt.connected", connected)

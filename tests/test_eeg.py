@@ -268,3 +268,30 @@ async def test_the_fleet_classifies_the_brain_state(mosquitto: Any, make_hub: An
         assert set(summary["states"]) <= {"relaxed", "focused", "drowsy", "artifact"}
         hub.ledger.flush()
         assert hub.ledger.periods()["today"]["by_device"][watch.device_id]["count"] >= 2
+
+
+async def test_a_railed_channel_on_a_real_playback_board_is_flagged(mosquitto: Any, make_hub: Any,
+                                                                    tmp_path: Path) -> None:
+    """A recording whose third EEG channel sits at the amplifier's rail, played back through
+    BrainFlow's playback board: that channel is flagged and left out, the others carry on."""
+    from brainflow.board_shim import BoardIds, BoardShim, BrainFlowInputParams
+    BoardShim.disable_board_logger()
+    board = BoardShim(BoardIds.SYNTHETIC_BOARD.value, BrainFlowInputParams())
+    board.prepare_session()
+    board.start_stream(45000)
+    await asyncio.sleep(2.0)
+    data = board.get_board_data()
+    board.stop_stream()
+    board.release_session()
+    data[3] = 187_500.0  # EEG rows start at 1: row 3 is the third EEG channel (index 2)
+    recording = tmp_path / "railed.csv"
+    DataFilter.write_file(data, str(recording), "w")
+    async with make_hub(mosquitto.url, **EEG) as hub:
+        status, s = await api(hub, "POST", "/api/eeg/sessions", {"board": "playback", "file": str(recording),
+                                                                  "baseline_s": 0})
+        assert status == 201, s
+        await asyncio.sleep(1.8)
+        _, doc = await api(hub, "GET", f"/api/eeg/sessions/{s['session']}")
+        last = doc["last"]
+        assert 2 in last["artifacts"]["railed"] and last["clean_channels"] == 15 and last["score"] is not None
+        await api(hub, "DELETE", f"/api/eeg/sessions/{s['session']}")
