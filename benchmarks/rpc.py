@@ -118,7 +118,7 @@ def start_hub(broker: Broker, tmp: Path, hub_id: str = "bench-hub", **dispatch: 
     conf = tmp / f"{hub_id}.toml"
     extra = "".join(f"{k} = {v}\n" for k, v in dispatch.items())
     conf.write_text(f'hub_id = "{hub_id}"\ndata_dir = "{tmp / hub_id}"\nlog_level = "error"\n[mqtt]\nurl = "{broker.url}"\n'
-                    f'[http]\nport = 0\n[zeroconf]\nenabled = false\n[dispatch]\n{extra}')
+                    f'[http]\nport = 0\nrequire_token = "remote"\n[zeroconf]\nenabled = false\n[dispatch]\n{extra}')
     proc = spawn("-m", "hub", "run", "--config", str(conf))
     m = re.search(r"API (http://\S+)", ready_line(proc, "API"))
     assert m

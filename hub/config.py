@@ -126,6 +126,11 @@ class HttpConfig(_Section):
     #: Bearer token. Required when ``host`` is not a loopback address. May also come from
     #: the SOVEREIGN_TOKEN environment variable.
     token: str | None = Field(default=None, min_length=16)
+    #: When a token is needed (hub/auth.py): ``writes`` — every write and every request from
+    #: off the loopback; ``remote`` — only requests from off the loopback; ``always``.
+    require_token: Literal["writes", "remote", "always"] = "writes"
+    #: Wrong tokens from one client within a minute before it is refused for the rest of it.
+    max_failures_per_minute: int = Field(default=10, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> "HttpConfig":

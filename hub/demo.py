@@ -77,7 +77,9 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
     config = parse_config({
         "data_dir": str(data_dir), "hub_id": "demo",
         "broker": {"port": 0},
-        "http": {"port": http_port},
+        # The demo listens on loopback only and trusts it, so that `sovereign infer` works from
+        # another terminal without a token; the dashboard still shows how to use one.
+        "http": {"port": http_port, "require_token": "remote"},
         "zeroconf": {"interfaces": ["127.0.0.1"]},
         "discovery": {"heartbeat_timeout_s": 15},
         "energy": {"publish_interval_s": 2.0},
@@ -106,6 +108,7 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
         for agent in agents:
             agent.start()
         print(f"Sovereign Hub demo is running (data in {data_dir}).\n"
+              f"  Dashboard: {hub.http_url}/\n"
               f"  API:     {hub.http_url}/api/devices\n"
               f"  Broker:  {hub.broker_url}\n"
               f"  Devices: {', '.join(a.device_id for a in agents)} (agent processes)\n"

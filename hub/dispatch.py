@@ -28,6 +28,7 @@ from .router.plan import plan_consensus, plan_deferral
 from .router.route import cloud_counterfactual, route
 from .router.stats import Outcome
 from .rpc import MAX_TIMEOUT_MS
+from .live import TaskCompleted
 from .rpc_client import OnChunk
 
 if TYPE_CHECKING:
@@ -139,9 +140,22 @@ class Dispatcher:
         out.latency_ms = (time.perf_counter() - started) * 1000 - out.deferred_s * 1000
         out.hub = self.hub.config.hub_id
         self.counts["ok" if out.ok else "failed"] += 1
+        self._publish(out)
         log.info("task %s %s: %s via %s in %.1f ms", req.id, req.task, "ok" if out.ok else out.error,
                  out.served_by, out.latency_ms)
         return out
+
+    def _publish(self, out: InferOutcome) -> None:
+        """To the live feed, and the figures Grafana charts into the history."""
+        hub = self.hub
+        if hub.live.clients:
+            hub.bus.publish(TaskCompleted(out.to_dict()))
+        layer = (out.served_by or {}).get("layer", "failed")
+        now = time.time()
+        hub.record(f"route.{layer}.latency_ms", now, out.latency_ms)
+        hub.record(f"route.{layer}.cost", now, out.cost)
+        hub.record(f"route.{layer}.gco2", now, out.gco2)
+        hub.record(f"route.{layer}.joules", now, out.joules)
 
     async def _infer(self, req: InferRequest, emit: OnChunk | None, started: float) -> InferOutcome:
         hub = self.hub

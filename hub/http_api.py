@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,14 +32,14 @@ def error(status: int, code: str, message: str) -> web.Response:
 
 
 def make_app(hub: "Hub") -> web.Application:
-    token = hub.config.http.token
+    guard = hub.guard
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token and request.path.startswith("/api/"):
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return error(401, "unauthorized", "missing or wrong bearer token")
+        if request.path.startswith("/api/"):
+            refusal = guard.check(request)
+            if refusal is not None:
+                return refusal
         return await handler(request)
 
     @web.middleware
@@ -184,6 +184,14 @@ def make_app(hub: "Hub") -> web.Application:
     app.router.add_post(r"/api/rules/{id}/{action:approve|disable}", rule_state)
     app.router.add_post("/api/route", route_dry_run)
     app.router.add_post("/api/infer", infer)
+    app.router.add_get("/api/ws", hub.live.handler)
+    web_dir = Path(__file__).resolve().parent / "web"
+
+    async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(web_dir / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", web_dir, follow_symlinks=False)
     app.router.add_get("/api/costs", costs)
     app.router.add_get("/api/energy", energy)
     app.router.add_get("/api/energy/best-window", best_window_route)

@@ -34,7 +34,9 @@ from .energy.model import EnergyMode, EnergySnapshot
 from .energy.snapshot import DeviceEnergyView, compute_snapshot
 from .energy.store import EnergyInputsChanged, EnergyReading, EnergyStore
 from .history import SqliteHistory
+from .auth import AdminToken, Guard
 from .homeassistant import HomeAssistantDiscovery
+from .live import EnergyPublished, LiveFeed
 from .router.fleet import fleet_snapshot
 from .router.model import FleetSnapshot
 from .router.cache import ResultCache
@@ -162,6 +164,13 @@ class Hub:
         await self.plugins.start(self._plugin_services())
         self._stack.push_async_callback(self.plugins.stop)
 
+        self.admin_token = AdminToken(self.data_dir / "admin-token.json")
+        self.new_admin_token = self.admin_token.ensure()
+        if self.new_admin_token:
+            log.warning("created the admin token (shown once, only its hash is kept): %s", self.new_admin_token)
+        self.guard = Guard(self.admin_token, cfg.http.token, cfg.http.require_token, cfg.http.max_failures_per_minute)
+        self.live = LiveFeed(self)
+        self._stack.callback(self.live.close)
         runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=2)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
@@ -354,6 +363,8 @@ class Hub:
                     self.record(f"device.{device_id}.battery_pct", snap.now, d.battery_pct)
             if self.mqtt is not None:
                 await self.mqtt.publish(topic, snap.model_dump_json(), qos=0, retain=True)
+            if self.live.clients:
+                self.bus.publish(EnergyPublished(snap.model_dump(mode="json")))
             await asyncio.sleep(cfg.min_publish_interval_s)
 
 
@@ -366,6 +377,8 @@ async def run_hub(config: HubConfig, ready: asyncio.Event | None = None) -> None
             loop.add_signal_handler(sig, stop.set)
     async with Hub(config) as hub:
         print(f"Sovereign Hub {config.hub_id}: API {hub.http_url}  broker {hub.broker_url}", flush=True)
+        if hub.new_admin_token:
+            print(f"Admin token (shown once; only its hash is kept): {hub.new_admin_token}", flush=True)
         if ready is not None:
             ready.set()
         await stop.wait()

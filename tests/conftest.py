@@ -85,7 +85,8 @@ def mosquitto(tmp_path: Path) -> Any:
 def hub_config(tmp_path: Path, broker_url: str | None, **overrides: Any) -> Any:
     data: dict[str, Any] = {
         "data_dir": str(tmp_path / "hub-data"),
-        "http": {"port": 0},
+        # Tests act as a trusted local client; the auth tests ask for the default ("writes").
+        "http": {"port": 0, "require_token": "remote"},
         "zeroconf": {"interfaces": ["127.0.0.1"]},
     }
     if broker_url:

@@ -42,7 +42,7 @@ async def test_health_and_devices(mosquitto: Any, make_hub: Any, spawn_agent: An
 
 async def test_token_required_when_configured(mosquitto: Any, make_hub: Any) -> None:
     token = "t" * 24
-    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, http={"token": token}) as hub:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, http={"token": token, "require_token": "always"}) as hub:
         async with aiohttp.ClientSession() as s:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
                 async with s.get(f"{hub.http_url}/api/devices", headers=headers) as resp:

@@ -34,7 +34,7 @@ RESEND_AFTER_S = 3.0
 def start_hub(tmp: Path, hub_id: str, broker: str) -> tuple[subprocess.Popen[bytes], str]:
     conf = tmp / f"{hub_id}.toml"
     conf.write_text(f'hub_id = "{hub_id}"\ndata_dir = "{tmp / hub_id}"\nlog_level = "warning"\n'
-                    f'[mqtt]\nurl = "{broker}"\n[http]\nport = 0\n[zeroconf]\nenabled = false\n')
+                    f'[mqtt]\nurl = "{broker}"\n[http]\nport = 0\nrequire_token = "remote"\n[zeroconf]\nenabled = false\n')
     proc = subprocess.Popen([sys.executable, "-m", "hub", "run", "--config", str(conf)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     assert proc.stdout is not None

@@ -1,0 +1,109 @@
+"""The dashboard in real headless Chromium (Debian's chromium, driven by Playwright with
+``executable_path``) against a running hub with real agent processes. Screenshots go to
+``tests/screenshots/`` (git-ignored)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from .conftest import wait_for
+from .test_dispatch import fleet
+
+SHOTS = Path(__file__).resolve().parent / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed for the dashboard tests (./dev test installs it)"
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=chromium, args=ARGS)
+        yield b
+        await b.close()
+
+
+async def open_page(browser: Browser, url: str) -> Page:
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(url)
+    await expect(page.get_by_test_id("conn")).to_have_text("live", timeout=5000)
+    return page
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_devices_offline_feed_and_eeg(mosquitto: Any, make_hub: Any, spawn_agent: Any, browser: Browser) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False},
+                        plugins={"eeg": {"state_model": False}}) as hub:
+        watch, laptop = await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)), ("laptop", ()))
+        page = await open_page(browser, hub.http_url + "/")
+        rows = page.get_by_test_id("devices").locator("tr")
+        await expect(rows).to_have_count(2)
+        row = page.locator(f'tr[data-id="{laptop.device_id}"]')
+        await expect(row).to_have_class("online")
+        # A device going offline greys within 3 s.
+        laptop.kill()
+        killed = time.monotonic()
+        await expect(row).to_have_class("offline", timeout=3000)
+        greyed_after = time.monotonic() - killed
+        # A routed request (sent from the page) appears in the feed, with the answer.
+        await page.select_option("#task-type", "echo")
+        await page.get_by_test_id("task-text").fill("hello from the page")
+        await page.get_by_test_id("run").click()
+        await expect(page.get_by_test_id("task-result")).to_contain_text("hello from the page")
+        await expect(page.get_by_test_id("feed").locator("li").first).to_contain_text(f"echo on {watch.device_id}")
+        # A request from elsewhere shows up too.
+        await hub.dispatcher.infer(__import__("hub.dispatch", fromlist=["InferRequest"]).InferRequest(
+            task="echo", text="from the API"))
+        await expect(page.get_by_test_id("feed").locator("li")).to_have_count(2)
+        # An EEG session started from the page moves the gauge.
+        await page.get_by_test_id("eeg-start").click()
+        gauge = page.get_by_test_id("gauge")
+        await expect(gauge).to_have_attribute("data-score", "0.5", timeout=5000)  # baseline
+        await wait_for(lambda: True, 0.1)
+        scores = set()
+        deadline = time.monotonic() + 12
+        while len(scores) < 3 and time.monotonic() < deadline:
+            scores.add(await gauge.get_attribute("data-score"))
+            await page.wait_for_timeout(200)
+        assert len(scores - {"0.5", ""}) >= 2, f"the gauge did not move: {scores}"
+        await expect(page.get_by_test_id("bands").locator("div")).to_have_count(5)
+        await shot(page, "dashboard")
+        await page.get_by_test_id("eeg-stop").click()
+        await expect(page.get_by_test_id("eeg-status")).to_contain_text("stopped")
+        print(f"offline greyed {greyed_after * 1000:.0f} ms after the kill")
+
+
+async def test_without_the_token_nothing_changes(mosquitto: Any, make_hub: Any, spawn_agent: Any,
+                                                 browser: Browser) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, http={"require_token": "writes"}) as hub:
+        token = hub.new_admin_token
+        assert token and "sha256" in (hub.data_dir / "admin-token.json").read_text()
+        assert token not in (hub.data_dir / "admin-token.json").read_text(), "only the hash is stored"
+        await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
+        page = await open_page(browser, hub.http_url + "/")
+        await expect(page.get_by_test_id("devices").locator("tr")).to_have_count(1)  # reads work on loopback
+        await page.select_option("#task-type", "echo")
+        await page.get_by_test_id("task-text").fill("let me in")
+        await page.get_by_test_id("run").click()
+        await expect(page.get_by_test_id("task-result")).to_contain_text("error 401")
+        await expect(page.get_by_test_id("notice")).to_contain_text("admin token")
+        await page.get_by_test_id("eeg-start").click()
+        await page.wait_for_timeout(500)
+        assert hub.dispatcher.counts["requests"] == 0
+        await shot(page, "no-token")
+        await page.get_by_test_id("token").fill(token)
+        await page.locator("#token-form button").click()
+        await page.get_by_test_id("run").click()
+        await expect(page.get_by_test_id("task-result")).to_contain_text("let me in")
