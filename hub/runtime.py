@@ -352,7 +352,10 @@ class Hub:
             self._energy_changed.clear()
             snap = self.energy_snapshot()
             self.last_energy_snapshot = snap
-            for metric, value in (("solar_surplus_w", snap.solar_surplus_w),
+            grid = snap.grid_w
+            if grid is None and snap.pv_w is not None and snap.load_w is not None:
+                grid = snap.load_w - snap.pv_w  # no meter reports the grid: the balance (no home battery)
+            for metric, value in (("solar_surplus_w", snap.solar_surplus_w), ("site_grid_w", grid),
                                   ("site_marginal_g_per_kwh", snap.site_marginal_g_per_kwh),
                                   ("site_marginal_price_per_kwh", snap.site_marginal_price_per_kwh),
                                   ("energy_mode", float(modes.index(snap.mode)))):
