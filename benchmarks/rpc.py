@@ -107,11 +107,17 @@ def spawn(*argv: str) -> subprocess.Popen[bytes]:
 
 
 def ready_line(proc: subprocess.Popen[bytes], pattern: str = "ready") -> str:
+    """The first output line containing ``pattern`` (log lines may come first)."""
     assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    if pattern not in line:
-        raise SystemExit(f"helper did not start: {line!r}")
-    return line
+    seen = []
+    for _ in range(50):
+        line = proc.stdout.readline().decode()
+        if pattern in line:
+            return line
+        seen.append(line)
+        if not line:
+            break
+    raise SystemExit(f"helper did not start: {''.join(seen)!r}")
 
 
 def start_hub(broker: Broker, tmp: Path, hub_id: str = "bench-hub", **dispatch: Any) -> tuple[subprocess.Popen[bytes], str]:

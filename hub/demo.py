@@ -108,7 +108,8 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
         for agent in agents:
             agent.start()
         print(f"Sovereign Hub demo is running (data in {data_dir}).\n"
-              f"  Dashboard: {hub.http_url}/\n"
+              f"  Dashboard: {hub.http_url}/"
+              + (f"  (admin token, shown once: {hub.new_admin_token})\n" if hub.new_admin_token else "\n") +
               f"  API:     {hub.http_url}/api/devices\n"
               f"  Broker:  {hub.broker_url}\n"
               f"  Devices: {', '.join(a.device_id for a in agents)} (agent processes)\n"

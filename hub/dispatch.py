@@ -179,6 +179,8 @@ class Dispatcher:
         cached = hub.cache.get(req, decision.chosen.tier.value)
         if cached is not None:
             self._ledger(req, "cache", cached.get("model", ""), "cache", True, 0.0, 0.0, 0.0, 0.0)
+            # A hot question answered again counts toward a compiled pattern, cached or not.
+            hub.rules.observe(req, cached.get("output"))
             return InferOutcome(req.id, req.task, True, cached.get("output"), {"device": "cache",
                                 "model": cached.get("model", ""), "layer": "cache"}, cached.get("confidence"),
                                 cached=True, reasons=reasons + ["answered from the cache"], deferred_s=deferred_s)

@@ -207,8 +207,9 @@ class HomeAssistantDiscovery:
         last_full = time.monotonic()
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.cfg.state_interval_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.cfg.state_interval_s):  # not wait_for: see Hub._publish_energy
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             full = time.monotonic() - last_full >= self.cfg.state_interval_s

@@ -113,8 +113,9 @@ class InfluxWriter:
         backoff = 0.5
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.cfg.flush_interval_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.cfg.flush_interval_s):  # not wait_for: see Hub._publish_energy
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             await asyncio.to_thread(self._spool_append, self._take())

@@ -145,10 +145,11 @@ class Poller:
         delay = 1.0
         for attempt in range(self.retries + 1):
             try:
-                await asyncio.wait_for(self.fetch(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # not wait_for: it can swallow a cancel on 3.11
+                    await self.fetch()
                 self.successes += 1
                 return None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 reason = f"no answer within {self.timeout_s:g} s"
             except SourceError as exc:
                 reason = str(exc)

@@ -167,7 +167,8 @@ class Hub:
         self.admin_token = AdminToken(self.data_dir / "admin-token.json")
         self.new_admin_token = self.admin_token.ensure()
         if self.new_admin_token:
-            log.warning("created the admin token (shown once, only its hash is kept): %s", self.new_admin_token)
+            # The token itself is printed once by `sovereign run` (and the demo), not logged.
+            log.warning("created the admin token; only its hash is kept (%s)", self.admin_token.path)
         self.guard = Guard(self.admin_token, cfg.http.token, cfg.http.require_token, cfg.http.max_failures_per_minute)
         self.live = LiveFeed(self)
         self._stack.callback(self.live.close)
@@ -345,9 +346,12 @@ class Hub:
         topic = f"{self.topics.root}/energy/site"
         modes = list(EnergyMode)
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, and this loop would then outlive the hub's stop.
             try:
-                await asyncio.wait_for(self._energy_changed.wait(), cfg.publish_interval_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(cfg.publish_interval_s):
+                    await self._energy_changed.wait()
+            except TimeoutError:
                 pass
             self._energy_changed.clear()
             snap = self.energy_snapshot()

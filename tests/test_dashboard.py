@@ -82,6 +82,22 @@ async def test_devices_offline_feed_and_eeg(mosquitto: Any, make_hub: Any, spawn
         await shot(page, "dashboard")
         await page.get_by_test_id("eeg-stop").click()
         await expect(page.get_by_test_id("eeg-status")).to_contain_text("stopped")
+        # A hot, stable intent becomes a proposed compiled pattern; approve it from the page.
+        InferRequest = __import__("hub.dispatch", fromlist=["InferRequest"]).InferRequest
+        for _ in range(5):
+            await hub.dispatcher.infer(InferRequest(task="intent", text="lock the front door"))
+        await page.reload()
+        await expect(page.get_by_test_id("conn")).to_have_text("live")
+        rules = page.get_by_test_id("rules")
+        await expect(rules).to_contain_text("lock the front door")
+        await expect(rules).to_contain_text("proposed")
+        await rules.get_by_role("button", name="approve").click()
+        await expect(rules).to_contain_text("approved")
+        out = await hub.dispatcher.infer(InferRequest(task="intent", text="Lock the front door"))
+        assert out.served_by["layer"] == "code" and out.output == "lock_door"
+        # And on a phone.
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await shot(page, "dashboard-phone")
         print(f"offline greyed {greyed_after * 1000:.0f} ms after the kill")
 
 

@@ -38,10 +38,12 @@ def start_hub(tmp: Path, hub_id: str, broker: str) -> tuple[subprocess.Popen[byt
     proc = subprocess.Popen([sys.executable, "-m", "hub", "run", "--config", str(conf)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    m = re.search(r"API (http://\S+)", line)
-    assert m, line
-    return proc, m.group(1)
+    lines = []
+    for _ in range(50):  # log lines may come before the one that names the API
+        lines.append(proc.stdout.readline().decode())
+        if m := re.search(r"API (http://\S+)", lines[-1]):
+            return proc, m.group(1)
+    raise AssertionError("".join(lines))
 
 
 async def sees(api: str, device_id: str) -> bool:
