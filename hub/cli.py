@@ -125,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     eeg.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
     eeg.add_argument("--json", action="store_true")
 
+    pr = sub.add_parser("provision", help="put the MicroPython firmware on a board over USB serial")
+    pr.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    pr.add_argument("--device-id", required=True)
+    pr.add_argument("--name")
+    pr.add_argument("--broker", required=True, help="mqtt://HOST:PORT the board connects to")
+    pr.add_argument("--wifi-ssid")
+    pr.add_argument("--wifi-password-env", default="SOVEREIGN_WIFI_PASSWORD",
+                    help="environment variable holding the Wi-Fi password (asked for when unset)")
+    pr.add_argument("--battery-adc-pin", type=int)
+    pr.add_argument("--topic-root", default="sovereign")
+    pr.add_argument("--dry-run", action="store_true", help="list what would be written, write nothing")
+    pr.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API),
+                    help="the hub to watch for the board's announcement")
+    pr.add_argument("--wait-s", type=float, default=60, help="how long to wait for the announcement (0: do not)")
+
     sim = sub.add_parser("simulate", help="replay a task trace through the router under each policy")
     sim.add_argument("--fleet", type=Path, required=True)
     sim.add_argument("--trace", type=Path, required=True)
@@ -163,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_task(args)
         if args.command == "eeg":
             return _cmd_eeg(args)
+        if args.command == "provision":
+            return _cmd_provision(args)
         if args.command == "simulate":
             return _cmd_simulate(args)
         if args.command == "demo":
@@ -447,6 +464,55 @@ def _cmd_eeg(args: argparse.Namespace) -> int:
         print(f"{doc['session']}  {doc['state']}  board {doc['board']}, protocol {doc['protocol']}, "
               f"{doc['updates']} updates, mean score {doc['mean_score']}")
     return 0
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    import getpass
+    import time
+
+    from .provision import ProvisionError, ProvisionOptions, describe, provision
+    if not is_valid_device_id(args.device_id):
+        print(f"error: invalid device id {args.device_id!r}", file=sys.stderr)
+        return 2
+    try:
+        broker = BrokerUrl.parse(args.broker)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    password = None
+    if args.wifi_ssid:
+        password = os.environ.get(args.wifi_password_env)
+        if password is None and not args.dry_run:
+            password = getpass.getpass(f"Wi-Fi password for {args.wifi_ssid}: ")  # never echoed
+    opts = ProvisionOptions(args.port, args.device_id, broker.host, broker.port, args.wifi_ssid, password, args.name,
+                            args.topic_root, args.battery_adc_pin)
+    if args.dry_run:
+        print(f"would write to {args.port}:")
+        for line in describe(opts):
+            print("  " + line)
+        return 0
+    try:
+        provision(opts)
+    except ProvisionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.wait_s <= 0:
+        return 0
+    print(f"waiting up to {args.wait_s:.0f} s for {args.device_id} to announce itself to {args.url} …", flush=True)
+    deadline = time.monotonic() + args.wait_s
+    while time.monotonic() < deadline:
+        try:
+            doc = fetch_json(f"{args.url.rstrip('/')}/api/devices/{args.device_id}", timeout=2)
+            if doc.get("online"):
+                print(f"{args.device_id} is online ({doc['tier']}, models: "
+                      f"{', '.join(m['name'] for m in doc['capability']['models'])})")
+                return 0
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    print(f"error: {args.device_id} did not reach the hub within {args.wait_s:.0f} s (Wi-Fi credentials? broker "
+          "address reachable from the board?)", file=sys.stderr)
+    return 1
 
 
 def format_decision(d: dict[str, Any]) -> str:

