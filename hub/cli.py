@@ -262,12 +262,18 @@ async def _run_agent(opts: Any) -> int:
     return 0
 
 
-def fetch_json(url: str, timeout: float = 5.0) -> Any:
-    req = urllib.request.Request(url)
+def open_api(method: str, url: str, body: Any = None, timeout: float = 10.0) -> Any:
+    """A request to the hub's API with ``SOVEREIGN_TOKEN`` when set; the caller closes it."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
     token = os.environ.get("SOVEREIGN_TOKEN")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    return urllib.request.urlopen(req, timeout=timeout)
+
+
+def fetch_json(url: str, timeout: float = 5.0) -> Any:
+    with open_api("GET", url, timeout=timeout) as resp:
         return json.load(resp)
 
 
@@ -353,14 +359,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _post(url: str, body: dict[str, Any], timeout: float) -> Any:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST")
-    token = os.environ.get("SOVEREIGN_TOKEN")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    return urllib.request.urlopen(req, timeout=timeout)
-
-
 def _cmd_task(args: argparse.Namespace) -> int:
     text = args.text if args.text is not None else sys.stdin.read()
     body: dict[str, Any] = {"task": args.task, "text": text, "budget_ms": args.budget_ms,
@@ -376,7 +374,7 @@ def _cmd_task(args: argparse.Namespace) -> int:
             body["timeout_ms"] = args.timeout_ms
     timeout = (args.timeout_ms or 30_000) / 1000 + 5 if infer else 10
     try:
-        resp = _post(f"{args.url.rstrip('/')}/api/{'infer' if infer else 'route'}", body, timeout)
+        resp = open_api("POST", f"{args.url.rstrip('/')}/api/{'infer' if infer else 'route'}", body, timeout)
     except urllib.error.HTTPError as exc:
         doc = json.load(exc)
         if args.json:
@@ -435,13 +433,8 @@ def _cmd_eeg(args: argparse.Namespace) -> int:
     method, url = {"start": ("POST", base), "list": ("GET", base), "stop": ("DELETE", f"{base}/{args.session}"),
                    "pause": ("POST", f"{base}/{args.session}/pause"), "resume": ("POST", f"{base}/{args.session}/resume"),
                    "report": ("POST", f"{base}/{args.session}/report")}[args.action]
-    req = urllib.request.Request(url, json.dumps(body).encode() if method == "POST" else None,
-                                 {"Content-Type": "application/json"}, method=method)
-    token = os.environ.get("SOVEREIGN_TOKEN")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with open_api(method, url, body if method == "POST" else None, timeout=60) as resp:
             doc = json.load(resp)
     except urllib.error.HTTPError as exc:
         err = json.load(exc).get("error", {})
@@ -532,12 +525,8 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     if not args.rule_id:
         print(f"error: sovereign rules {args.action} needs a rule id (see sovereign rules list)", file=sys.stderr)
         return 2
-    req = urllib.request.Request(f"{args.url.rstrip('/')}/api/rules/{args.rule_id}/{args.action}", method="POST")
-    token = os.environ.get("SOVEREIGN_TOKEN")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with open_api("POST", f"{args.url.rstrip('/')}/api/rules/{args.rule_id}/{args.action}", timeout=5) as resp:
             rule = json.load(resp)
     except urllib.error.HTTPError as exc:
         print(f"error: {json.load(exc).get('error', {}).get('message', exc)}", file=sys.stderr)

@@ -53,9 +53,11 @@ async def sees(api: str, device_id: str) -> bool:
 
 
 async def test_two_hubs_share_commands_and_survive_a_kill(mosquitto: Any, spawn_agent: Any, tmp_path: Path) -> None:
-    hubs = [start_hub(tmp_path, name, mosquitto.url) for name in ("hub-a", "hub-b")]
-    agent = spawn_agent(mosquitto.url, "watch", None, "--no-zeroconf", "--echo")
+    hubs: list[tuple[subprocess.Popen[bytes], str]] = []
     try:
+        for name in ("hub-a", "hub-b"):
+            hubs.append(start_hub(tmp_path, name, mosquitto.url))
+        agent = spawn_agent(mosquitto.url, "watch", None, "--no-zeroconf", "--echo")
         for _, api in hubs:
             deadline = time.monotonic() + 20
             while not await sees(api, agent.device_id):
