@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from .conftest import wait_for
+from hub.dispatch import InferRequest
+
 from .test_dispatch import fleet
 
 SHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -64,14 +65,12 @@ async def test_devices_offline_feed_and_eeg(mosquitto: Any, make_hub: Any, spawn
         await expect(page.get_by_test_id("task-result")).to_contain_text("hello from the page")
         await expect(page.get_by_test_id("feed").locator("li").first).to_contain_text(f"echo on {watch.device_id}")
         # A request from elsewhere shows up too.
-        await hub.dispatcher.infer(__import__("hub.dispatch", fromlist=["InferRequest"]).InferRequest(
-            task="echo", text="from the API"))
+        await hub.dispatcher.infer(InferRequest(task="echo", text="from the API"))
         await expect(page.get_by_test_id("feed").locator("li")).to_have_count(2)
         # An EEG session started from the page moves the gauge.
         await page.get_by_test_id("eeg-start").click()
         gauge = page.get_by_test_id("gauge")
         await expect(gauge).to_have_attribute("data-score", "0.5", timeout=5000)  # baseline
-        await wait_for(lambda: True, 0.1)
         scores = set()
         deadline = time.monotonic() + 12
         while len(scores) < 3 and time.monotonic() < deadline:
@@ -83,7 +82,6 @@ async def test_devices_offline_feed_and_eeg(mosquitto: Any, make_hub: Any, spawn
         await page.get_by_test_id("eeg-stop").click()
         await expect(page.get_by_test_id("eeg-status")).to_contain_text("stopped")
         # A hot, stable intent becomes a proposed compiled pattern; approve it from the page.
-        InferRequest = __import__("hub.dispatch", fromlist=["InferRequest"]).InferRequest
         for _ in range(5):
             await hub.dispatcher.infer(InferRequest(task="intent", text="lock the front door"))
         await page.reload()

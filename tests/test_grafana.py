@@ -8,12 +8,15 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import paho.mqtt.client as paho
+
 from hub.dispatch import InferRequest
 
-from .conftest import wait_for
 from .test_dispatch import fleet
 
 GRAFANA = Path(__file__).resolve().parent.parent / "dashboards" / "grafana"
@@ -48,11 +51,9 @@ async def test_every_charted_metric_is_written_by_a_running_hub(mosquitto: Any, 
                                  "gaze": {"aois": {"task": [0, 0, 1, 1]}, "target": "task"}}) as hub:
         await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
         await hub.dispatcher.infer(InferRequest(task="echo", text="for the charts"))
-        async with __import__("aiohttp").ClientSession() as s:
+        async with aiohttp.ClientSession() as s:
             async with s.post(hub.http_url + "/api/eeg/sessions", json={"board": "synthetic"}) as r:
                 assert r.status == 201
-        import paho.mqtt.client as paho
-        import time
         c = paho.Client(paho.CallbackAPIVersion.VERSION2)
         c.connect("127.0.0.1", mosquitto.port)
         t0 = time.time()
@@ -62,7 +63,7 @@ async def test_every_charted_metric_is_written_by_a_running_hub(mosquitto: Any, 
         await asyncio.sleep(2.5)
         hub.history.flush()
         written = set(hub.history.metrics())
-    charted = [q for q in queries()]
+    charted = queries()
     exact = {m for q in charted for m in re.findall(r'r\.metric == "([^"]+)"', q)}
     patterns = {p for q in charted for p in re.findall(r"r\.metric =~ /(.+?)/\)", q)}
     missing = sorted(exact - written)
