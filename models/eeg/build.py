@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -279,41 +278,6 @@ def train(x: np.ndarray, y: np.ndarray) -> Any:
     return folded
 
 
-def convert(model: Any) -> bytes:
-    import tensorflow as tf
-
-    # Through a SavedModel, as models/intent/build.py: converting a Keras 3 model's concrete
-    # function directly drops the weights. A fixed batch of 1 is what the executor feeds.
-    with tempfile.TemporaryDirectory() as tmp:
-        export = tf.keras.export.ExportArchive()
-        export.track(model)
-        export.add_endpoint("serve", lambda x: model(x, training=False),
-                            input_signature=[tf.TensorSpec([1, len(FEATURE_NAMES)], tf.float32, name="features")])
-        export.write_out(tmp, verbose=False)
-        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        # Dynamic-range quantisation, as the intent model; LiteRT leaves weight tensors this small
-        # (under 1024 elements) in float32, so the result is a float model either way.
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        return conv.convert()
-
-
-def tflite_predict(blob: bytes, x: np.ndarray) -> np.ndarray:
-    try:  # the interpreter the hub uses, when this venv has it
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-        Interpreter = tf.lite.Interpreter
-    itp = Interpreter(model_content=blob, num_threads=1)
-    itp.allocate_tensors()
-    i, o = itp.get_input_details()[0]["index"], itp.get_output_details()[0]["index"]
-    out = []
-    for row in x:
-        itp.set_tensor(i, row[np.newaxis, :])
-        itp.invoke()
-        out.append(itp.get_tensor(o)[0].copy())
-    return np.array(out)
-
-
 def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> list[list[int]]:
     """Rows: true label, columns: predicted label, both in LABELS order."""
     m = np.zeros((len(LABELS), len(LABELS)), dtype=int)
@@ -329,6 +293,7 @@ def main() -> int:
     import tensorflow as tf
 
     sys.path.insert(0, str(ROOT))
+    from models.litert_build import tflite_predict, to_tflite
     from hub.agent.executors.tflite import VectorFeatures, bundled_models_dir
 
     VectorFeatures.from_settings(FEATURES)  # the executor must accept what the sidecar will say
@@ -336,7 +301,7 @@ def main() -> int:
     x_train, y_train = generate(N_TRAIN_PER_LABEL, SEED)
     x_test, y_test = generate(N_TEST_PER_LABEL, TEST_SEED)
     model = train(x_train, y_train)
-    blob = convert(model)
+    blob = to_tflite(model, len(FEATURE_NAMES))
 
     keras_test = model.predict(x_test, verbose=0).argmax(1)
     tfl_train = tflite_predict(blob, x_train).argmax(1)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from hub.agent.executors.tflite import FEATURES, Featurizer, bundled_models_dir  # noqa: E402
+from models.litert_build import tflite_predict, to_tflite  # noqa: E402
 
 NAME = "intent-tiny"
 SEED = 20240611
@@ -54,37 +54,6 @@ def train(x: np.ndarray, y: np.ndarray, n_labels: int) -> tf.keras.Model:
     return model
 
 
-def convert(model: tf.keras.Model, buckets: int) -> bytes:
-    # Through a SavedModel: converting a Keras 3 model's concrete function directly drops the
-    # weights (a 3 KB file that answers one label). A fixed batch of 1 is what the executor feeds.
-    with tempfile.TemporaryDirectory() as tmp:
-        export = tf.keras.export.ExportArchive()
-        export.track(model)
-        export.add_endpoint("serve", lambda x: model(x, training=False),
-                            input_signature=[tf.TensorSpec([1, buckets], tf.float32, name="features")])
-        export.write_out(tmp, verbose=False)
-        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        # Dynamic-range quantisation: int8 weights (4x smaller), float32 input and output.
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        return conv.convert()
-
-
-def tflite_predict(blob: bytes, x: np.ndarray) -> np.ndarray:
-    try:  # the interpreter the hub uses, when this venv has it
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        Interpreter = tf.lite.Interpreter
-    itp = Interpreter(model_content=blob, num_threads=1)
-    itp.allocate_tensors()
-    i, o = itp.get_input_details()[0]["index"], itp.get_output_details()[0]["index"]
-    out = []
-    for row in x:
-        itp.set_tensor(i, row[np.newaxis, :])
-        itp.invoke()
-        out.append(itp.get_tensor(o)[0].copy())
-    return np.array(out)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="do not write; compare with the shipped model")
@@ -102,7 +71,7 @@ def main() -> int:
     y_test = np.array([idx[lab] for lab in test_lab])
 
     model = train(x_train, y_train, len(labels))
-    blob = convert(model, feat.buckets)
+    blob = to_tflite(model, feat.buckets)
 
     keras_test = model.predict(x_test, verbose=0).argmax(1)
     tfl_train = tflite_predict(blob, x_train).argmax(1)
