@@ -7,6 +7,7 @@ venv (their READMEs say how); TensorFlow is imported inside the functions.
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,3 +45,21 @@ def tflite_predict(blob: bytes, x: np.ndarray) -> np.ndarray:
         itp.invoke()
         out.append(itp.get_tensor(o)[0].copy())
     return np.array(out)
+
+
+def ship(out: Path, name: str, blob: bytes, meta: dict[str, Any], check: bool) -> int:
+    """Write ``<name>.tflite`` and its sidecar into ``out``; with ``check``, only compare with the
+    shipped file (exit status 1 when it differs)."""
+    import hashlib
+    import json
+    if check:
+        shipped = out / f"{name}.tflite"
+        old = hashlib.sha256(shipped.read_bytes()).hexdigest() if shipped.is_file() else None
+        same = old == hashlib.sha256(blob).hexdigest()
+        print("identical to the shipped model" if same else f"differs from the shipped model ({old})")
+        return 0 if same else 1
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.tflite").write_bytes(blob)
+    (out / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {out / name}.tflite and .json")
+    return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -293,7 +292,7 @@ def main() -> int:
     import tensorflow as tf
 
     sys.path.insert(0, str(ROOT))
-    from models.litert_build import tflite_predict, to_tflite
+    from models.litert_build import ship, tflite_predict, to_tflite
     from hub.agent.executors.tflite import VectorFeatures, bundled_models_dir
 
     VectorFeatures.from_settings(FEATURES)  # the executor must accept what the sidecar will say
@@ -332,18 +331,7 @@ def main() -> int:
         "seed": SEED,
         "script": "models/eeg/build.py",
     }
-    out = bundled_models_dir()
-    if args.check:
-        shipped = out / f"{NAME}.tflite"
-        old = hashlib.sha256(shipped.read_bytes()).hexdigest() if shipped.is_file() else None
-        same = old == meta["sha256"]
-        print("identical to the shipped model" if same else f"differs from the shipped model ({old})")
-        return 0 if same else 1
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{NAME}.tflite").write_bytes(blob)
-    (out / f"{NAME}.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {out / NAME}.tflite and .json")
-    return 0
+    return ship(bundled_models_dir(), NAME, blob, meta, args.check)
 
 
 if __name__ == "__main__":
