@@ -259,3 +259,27 @@ def test_seed_rules_use_the_layer_the_mode_names_where_local_first_takes_the_sma
     req = TaskRequest(task="summarize", text="a note", budget_ms=20_000)
     assert route(req, sun, CFG.model_copy(update={"policy": "seed-rules"})).chosen.device_id == "gpu-box"
     assert route(req, sun, CFG.model_copy(update={"policy": "local-first"})).chosen.device_id == "laptop"
+
+
+def test_complexity_cues_match_the_single_patterns_they_replaced() -> None:
+    """The cues were one alternation each; they are per-keyword patterns behind a substring test
+    now (7x faster). Same answers on the shipped trace and on edge cases."""
+    import json
+    import re
+    from pathlib import Path
+
+    from hub.router import route as R
+    old = (re.compile(r"```|\bdef |\bclass |\bfunction\b|\breturn\b|[{};]\s*$|#include|=>", re.M),
+           re.compile(r"\d\s*[-+*/^=]\s*\d|\b(integral|derivative|prove|equation|theorem|probability)\b", re.I),
+           re.compile(r"\b(step by step|first\b.*\bthen|compare|explain why|analy[sz]e|plan|trade-?offs?)\b",
+                      re.I | re.S))
+    trace = Path(__file__).resolve().parent.parent / "examples" / "trace.jsonl"
+    texts = {json.loads(line).get("text") or "" for line in trace.read_text().splitlines()}
+    texts |= {"First do A,\nthen B", "Compare X", "PLAN ahead", "planet", "x = 3 + 4", "3-4", "Prove the Theorem",
+              "a {\n", "}", "return x", "returned", "explain WHY", "tradeoffs", "trade-off", "Analyse", "analyze",
+              "function(x)", "c => d", "firstly then", "#include <x>", "Class A", "classy"}
+    for t in texts:
+        low = t.lower()
+        new = (R._cue(R._CODE, t, t), bool(R._cue(R._MATH, t, low) or (R._DIGIT.search(t) and R._ARITHMETIC.search(t))),
+               R._cue(R._STEPS, t, low))
+        assert new == tuple(bool(p.search(t)) for p in old), t
