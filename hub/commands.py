@@ -11,13 +11,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import Field, ValidationError
 
 from .config import format_validation_error
 from .dispatch import InferRequest, RequestError
-from .mqtt import Message
+from .mqtt import Message, publish_properties
 from .rpc import RpcChunk, RpcErrorBody, RpcResponse
 
 if TYPE_CHECKING:
@@ -107,10 +105,7 @@ class Commands:
         if not self.hub.topics.allows_reply(topic) or topic == self.topic:
             self._reject(f"reply topic {topic!r} is outside {self.hub.topics.root}/ or a wildcard")
             return None
-        props = None
-        if correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.CorrelationData = correlation
+        props = publish_properties(correlation)
         link = self.hub.mqtt
 
         async def reply(text: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .config import BrokerUrl, TlsConfig
@@ -75,6 +76,19 @@ def _tls_context(tls: TlsConfig | None, scheme: str) -> ssl.SSLContext | None:
 
 
 MessageHandler = Callable[[Message], None]
+
+
+def publish_properties(correlation: bytes | None, response_topic: str | None = None) -> Properties | None:
+    """MQTT 5 request/response properties for a PUBLISH (None when there are none). Built once
+    per exchange and reused: paho's Properties cost ~20 µs each."""
+    if correlation is None and response_topic is None:
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if correlation is not None:
+        props.CorrelationData = correlation
+    return props
 
 
 class _Connection:

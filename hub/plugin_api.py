@@ -28,6 +28,7 @@ from .energy.store import EnergyStore
 from .mqtt import Message, MqttLink, MqttOptions
 from .registry import DeviceRegistry
 from .state import StateStore
+from .topics import Topics
 
 # A plugin that reads a feed over MQTT (OpenDTU, for one) opens its own connection with the
 # hub's supervised MqttLink: same reconnect, TLS and credential handling as the hub's.
@@ -220,7 +221,7 @@ class PluginContext(Generic[C]):
         (False) outside the topic root or with a wildcard: a command must not make the hub
         publish anywhere it likes."""
         root = self._svc().topic_root
-        if not topic.startswith(root + "/") or any(c in topic for c in "#+"):
+        if not Topics(root).allows_reply(topic):
             self.log.warning("not answering on %r: outside %s/", topic, root)
             return False
         return await self._svc().publish(topic, payload, 1, False, correlation)

@@ -16,11 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
-from .mqtt import Message, MqttLink
+from .mqtt import Message, MqttLink, publish_properties
 from .rpc import RpcChunk, RpcErrorBody, RpcRequest, RpcResponse
 from .topics import Topics
 
@@ -100,9 +98,7 @@ class RpcClient:
         loop = asyncio.get_running_loop()
         pending = _Pending(device_id, loop.create_future(), on_chunk)
         self._pending[corr] = pending
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self.reply_topic
-        props.CorrelationData = corr
+        props = publish_properties(corr, self.reply_topic)
         body = RpcRequest(id=call_id, method=method, params=params,
                           reply_to=self.reply_topic).model_dump_json(exclude_none=True)
         forward = asyncio.create_task(self._forward_chunks(pending)) if on_chunk else None
@@ -110,8 +106,9 @@ class RpcClient:
             if self.link is None or not await self.link.publish(self.topics.device(device_id, "rpc"), body, qos=1, properties=props):
                 return failed(rid, "unavailable", "not connected to the broker")
             try:
-                resp = await asyncio.wait_for(asyncio.shield(pending.done), timeout_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout_s):  # not wait_for: see Hub._publish_energy
+                    resp = await asyncio.shield(pending.done)
+            except TimeoutError:
                 # Tell the device to stop: its answer would arrive to nobody.
                 await self.link.publish(self.topics.device(device_id, "rpc"),
                                         RpcRequest(id=f"{call_id}.cancel", method="cancel",

@@ -17,8 +17,6 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from paho.mqtt.client import topic_matches_sub as paho_topic_matches_sub
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from aiohttp import web
 
@@ -44,7 +42,7 @@ from .router.ledger import Ledger
 from .router.rules import RuleBook
 from .router.stats import StatsStore
 from .http_api import make_app
-from .mqtt import Birth, Message, MqttLink, MqttOptions
+from .mqtt import Birth, Message, MqttLink, MqttOptions, publish_properties
 from .plugin_api import PluginServices
 from .plugins import PluginManager
 from .registry import DeviceChanged, DeviceRegistry, DeviceRemoved
@@ -232,11 +230,10 @@ class Hub:
 
     def _plugin_services(self) -> PluginServices:
         async def publish(topic: str, payload: bytes | str, qos: int, retain: bool, correlation: bytes | None) -> bool:
-            props = None
-            if correlation is not None:
-                props = Properties(PacketTypes.PUBLISH)
-                props.CorrelationData = correlation
-            return await self.mqtt.publish(topic, payload, qos=qos, retain=retain, properties=props) if self.mqtt else False
+            if self.mqtt is None:
+                return False
+            return await self.mqtt.publish(topic, payload, qos=qos, retain=retain,
+                                           properties=publish_properties(correlation))
 
         async def subscribe(topic_filter: str, qos: int, handler: Any) -> Any:
             entry = (topic_filter, handler)

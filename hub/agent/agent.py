@@ -19,8 +19,6 @@ from typing import Any, Literal
 
 import psutil
 from aiohttp import web
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 from zeroconf.asyncio import AsyncServiceInfo
 
@@ -28,7 +26,7 @@ from .. import __version__
 from ..capability import PROTOCOL_VERSION, Capability, Endpoints, EnergyReport, LatencyMs, Load, ModelSpec, Power, Tier
 from ..config import BrokerUrl, TlsConfig, format_validation_error
 from ..mdns import SERVICE_TYPE, open_zeroconf
-from ..mqtt import Birth, Message, MqttLink, MqttOptions
+from ..mqtt import Birth, Message, MqttLink, MqttOptions, publish_properties
 from ..ollama_models import list_ollama_models
 from ..rpc import CancelParams, InferParams, RpcChunk, RpcErrorBody, RpcRequest, RpcResponse, RpcTimings
 from ..topics import Topics
@@ -336,10 +334,7 @@ class Agent:
         if not self.topics.allows_reply(topic):
             log.warning("rpc: refusing to answer on %r (outside %s/)", topic, self.topics.root)
             return None
-        props = None
-        if correlation is not None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.CorrelationData = correlation
+        props = publish_properties(correlation)
         link = self.mqtt
 
         async def reply(body: str) -> None:
