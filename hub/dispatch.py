@@ -257,15 +257,15 @@ class Dispatcher:
         hub.stats.record(Outcome(req.id, cand.device_id, cand.model, req.task, cand.tier.value, ok, ms, time.time(),
                                  error, conf))
         answer = resp.result if ok else None
-        joules = float(answer.get("joules") or cand.joules) if answer else 0.0
-        self._ledger(req, cand.device_id, cand.model, cand.tier.value, ok, ms, joules,
-                     cand.gco2 * (joules / cand.joules) if cand.joules else cand.gco2, cand.cost if ok else 0.0)
+        joules = _joules(cand, answer) if answer else 0.0
+        self._ledger(req, cand.device_id, cand.model, cand.tier.value, ok, ms, joules, _gco2(cand, joules),
+                     cand.cost if ok else 0.0)
         return answer, Attempt(cand.device_id, cand.model, cand.tier.value, ok, ms, error)
 
     def _account(self, out: InferOutcome, cand: Candidate, answer: dict[str, Any]) -> None:
-        joules = float(answer.get("joules") or cand.joules)
+        joules = _joules(cand, answer)
         out.joules += joules
-        out.gco2 += cand.gco2 * (joules / cand.joules) if cand.joules else cand.gco2
+        out.gco2 += _gco2(cand, joules)
         out.cost += cand.cost
 
     def _ledger(self, req: TaskRequest, device: str, model: str, layer: str, ok: bool, ms: float, joules: float,
@@ -323,3 +323,13 @@ class Dispatcher:
         for c, a in answers:
             self._account(out, c, a)
         return out
+
+
+def _joules(cand: Candidate, answer: dict[str, Any]) -> float:
+    """What the device reported for the call, or the router's prediction when it did not say."""
+    return float(answer.get("joules") or cand.joules)
+
+
+def _gco2(cand: Candidate, joules: float) -> float:
+    """The prediction's carbon per joule, applied to the joules actually spent."""
+    return cand.gco2 * (joules / cand.joules) if cand.joules else cand.gco2

@@ -87,6 +87,12 @@ class SessionError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+def _bad_request(exc: ValidationError, whole: str) -> SessionError:
+    """The first problem, named by its key (``whole`` when it is the document itself)."""
+    first = exc.errors()[0]
+    return SessionError(400, "bad_request", f"{'.'.join(str(p) for p in first['loc']) or whole}: {first['msg']}")
+
+
 class Sessions:
     def __init__(self, ctx: PluginContext[EegConfig]) -> None:
         self.ctx = ctx
@@ -190,9 +196,7 @@ async def setup(ctx: PluginContext[EegConfig]) -> None:
         try:
             return SessionKeys.model_validate_json(raw or b"{}")
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise SessionError(400, "bad_request", f"{where}: {first['msg']}") from None
+            raise _bad_request(exc, "body") from None
 
     async def create(request: web.Request) -> web.Response:
         try:
@@ -259,9 +263,7 @@ async def setup(ctx: PluginContext[EegConfig]) -> None:
             try:
                 cmd = Command.model_validate_json(message.payload)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                raise SessionError(400, "bad_request",
-                                   f"{'.'.join(str(p) for p in first['loc']) or 'payload'}: {first['msg']}") from None
+                raise _bad_request(exc, "payload") from None
             cmd_id, reply_topic = cmd.id, reply_topic or cmd.reply_to
             keys = SessionKeys.model_validate(cmd.model_dump(exclude={"action", "session", "id", "reply_to"}))
             if cmd.action == "start":
