@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,27 +71,56 @@ class RouterConfig(BaseModel):
 # -- complexity ------------------------------------------------------------------------------------
 
 _SIMPLE_TASKS = {"intent", "classify", "embed", "eeg", "echo", "transcribe", "format"}
-# Each cue is a list of (substring, pattern): the pattern is tried only when its substring is in
-# the text. `in` scans in C; one big alternation tries every branch at every position, which took
-# ~100 µs on a 660-character note, most of a routing decision. Keys of case-insensitive patterns
-# are lower-case and are looked for in the lower-cased text.
-_CODE = [(k, re.compile(p, re.M)) for k, p in (
-    ("```", r"```"), ("def ", r"\bdef "), ("class ", r"\bclass "), ("function", r"\bfunction\b"),
-    ("return", r"\breturn\b"), ("{", r"\{\s*$"), ("}", r"\}\s*$"), (";", r";\s*$"), ("#include", r"#include"),
-    ("=>", r"=>"))]
-_MATH = [(k, re.compile(p, re.I)) for k, p in (
-    ("integral", r"\bintegral\b"), ("derivative", r"\bderivative\b"), ("prove", r"\bprove\b"),
-    ("equation", r"\bequation\b"), ("theorem", r"\btheorem\b"), ("probability", r"\bprobability\b"))]
-_ARITHMETIC = re.compile(r"\d\s*[-+*/^=]\s*\d")
-_DIGIT = re.compile(r"\d")
-_STEPS = [(k, re.compile(p, re.I | re.S)) for k, p in (
-    ("step by step", r"\bstep by step\b"), ("first", r"\bfirst\b.*\bthen\b"), ("compare", r"\bcompare\b"),
-    ("explain why", r"\bexplain why\b"), ("analy", r"\banaly[sz]e\b"), ("plan", r"\bplan\b"),
-    ("trade", r"\btrade-?offs?\b"))]
+# Each cue is a list of (key, test): the test runs only when its key is in the text. `in` scans
+# in C, where one big alternation tried every branch at every position (~100 µs on a
+# 660-character note, most of a decision); and a pattern that starts with a literal is searched
+# for by that literal, so whole words are `word\b` plus a look at the character before
+# (`\bplan\b` took 8 µs on a note about "planning", `plan\b` 0.5 µs). Case-insensitive cues are
+# lower-case and are looked for in the lower-cased text.
+class _Word:
+    """``key`` as a whole word: what ``\bkey\b`` matches."""
+
+    __slots__ = ("pattern",)
+
+    def __init__(self, key: str) -> None:
+        self.pattern = re.compile(re.escape(key) + r"\b")
+
+    def search(self, text: str) -> bool:
+        return any(m.start() == 0 or not _is_word_char(text[m.start() - 1]) for m in self.pattern.finditer(text))
 
 
-def _cue(cue: list[tuple[str, re.Pattern[str]]], text: str, haystack: str) -> bool:
-    return any(key in haystack and pattern.search(text) for key, pattern in cue)
+class _Anywhere:
+    @staticmethod
+    def search(text: str) -> bool:
+        return True
+
+
+def _is_word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+Cue = list[tuple[str, "re.Pattern[str] | _Word | _Anywhere"]]
+_CODE: Cue = [("```", _Anywhere()), ("def ", re.compile(r"\bdef ")), ("class ", re.compile(r"\bclass ")),
+              ("function", _Word("function")), ("return", _Word("return")), ("{", re.compile(r"\{\s*$", re.M)),
+              ("}", re.compile(r"\}\s*$", re.M)), (";", re.compile(r";\s*$", re.M)), ("#include", _Anywhere()),
+              ("=>", _Anywhere())]
+_MATH: Cue = [(k, _Word(k)) for k in ("integral", "derivative", "prove", "equation", "theorem", "probability")]
+_ARITHMETIC = re.compile(r"[0-9]\s*[-+*/^=]\s*[0-9]")
+_STEPS: Cue = [("step by step", _Word("step by step")), ("first", re.compile(r"\bfirst\b.*\bthen\b", re.S)),
+               ("compare", _Word("compare")), ("explain why", _Word("explain why")),
+               ("analy", re.compile(r"\banaly[sz]e\b")), ("plan", _Word("plan")),
+               ("trade", re.compile(r"\btrade-?offs?\b"))]
+
+
+def _cue(cue: Cue, text: str) -> bool:
+    return any(key in text and test.search(text) for key, test in cue)
+
+
+def text_cues(text: str) -> tuple[bool, bool, bool]:
+    """(code, maths, multi-step reasoning) cues in a text."""
+    lowered = text.lower()
+    maths = _cue(_MATH, lowered) or (any(c in text for c in "0123456789") and _ARITHMETIC.search(text) is not None)
+    return _cue(_CODE, text), maths, _cue(_STEPS, lowered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +137,12 @@ def estimate_complexity(req: TaskRequest) -> Complexity:
     cues = []
     if len(text) > 4000:
         cues.append(f"long input ({len(text)} characters)")
-    lowered = text.lower()
-    if _cue(_CODE, text, text):
+    code, maths, steps = text_cues(text)
+    if code:
         cues.append("code")
-    if _cue(_MATH, text, lowered) or (_DIGIT.search(text) and _ARITHMETIC.search(text)):
+    if maths:
         cues.append("maths")
-    if _cue(_STEPS, text, lowered):
+    if steps:
         cues.append("multi-step reasoning")
     tier = Tier.small
     if req.task in ("code", "reason") or len(cues) >= 2 or "code" in cues:
@@ -126,8 +156,8 @@ def estimate_complexity(req: TaskRequest) -> Complexity:
 
 def rule_decision(req: TaskRequest, rule_id: str, answer: object, policy: str) -> RouteDecision:
     """An approved compiled pattern answers at the code layer, before any model is asked."""
-    c = Candidate("hub", f"rule:{rule_id}", "code", Tier.tiny, 0.05, 0.1, 0.0, 0.0, 0.0, 1.0, 0.0, True,
-                  (f"approved compiled pattern {rule_id}: answered {answer!r} before, every time",))
+    why = (f"approved compiled pattern {rule_id}: answered {answer!r} before, every time",)
+    c = Candidate("hub", f"rule:{rule_id}", "code", Tier.tiny, 0.05, 0.1, 0.0, 0.0, 0.0, 1.0, 0.0, True, lambda: why)
     return RouteDecision(req.id, req.task, policy, Tier.tiny, (c,), (), (f"rule {rule_id} matches: no model needed",))
 
 
@@ -153,24 +183,28 @@ def _cloud_cost(req: TaskRequest, e: Entry, cfg: RouterConfig) -> tuple[float, f
 
 
 def _candidate(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, score: float, escalated: bool) -> Candidate:
-    """The candidate with its reasons in words (only for the chain that is returned)."""
+    """A candidate of the returned chain; its reasons are written when read."""
     d, m, tier = e.device, e.model, e.tier
     joules, gco2, cost, priced = _cloud_cost(req, e, cfg) if e.cloud else (e.joules, e.gco2, e.cost, True)
-    reasons = ["escalation: nothing the policy prefers can do it in the budget"] if escalated else []
-    reasons += [f"{tier.value} {m.runtime} model, p95 {live.p95:.0f} ms of {req.budget_ms:.0f} ms budget",
-                f"{joules:.3g} J, {gco2:.3g} gCO2, {cost:.4g} money, quality {e.quality:.2f}"]
-    if live.note:
-        reasons.append(live.note)
-    elif not e.measured:
-        reasons.append("latency not measured yet: tier default")
-    if e.queue_ms:
-        reasons.append(f"{d.active_tasks} tasks running: +{e.queue_ms:.0f} ms queueing")
-    if not priced:
-        reasons.append("no price configured for this cloud model")
-    if d.energy_mode == "prefer_small" and tier.rank > Tier.small.rank:
-        reasons.append("device prefers small models (battery below 50 %)")
+    budget = req.budget_ms
+
+    def explain() -> tuple[str, ...]:
+        reasons = ["escalation: nothing the policy prefers can do it in the budget"] if escalated else []
+        reasons += [f"{tier.value} {m.runtime} model, p95 {live.p95:.0f} ms of {budget:.0f} ms budget",
+                    f"{joules:.3g} J, {gco2:.3g} gCO2, {cost:.4g} money, quality {e.quality:.2f}"]
+        if live.note:
+            reasons.append(live.note)
+        elif not e.measured:
+            reasons.append("latency not measured yet: tier default")
+        if e.queue_ms:
+            reasons.append(f"{d.active_tasks} tasks running: +{e.queue_ms:.0f} ms queueing")
+        if not priced:
+            reasons.append("no price configured for this cloud model")
+        if d.energy_mode == "prefer_small" and tier.rank > Tier.small.rank:
+            reasons.append("device prefers small models (battery below 50 %)")
+        return tuple(reasons)
     return Candidate(d.id, m.name, m.runtime, tier, live.p50, live.p95, joules, gco2, cost, e.quality, score,
-                     live.p95 <= req.budget_ms, tuple(reasons))
+                     live.p95 <= budget, explain)
 
 
 # -- the decision --------------------------------------------------------------------------------
@@ -208,10 +242,11 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
     complexity = estimate_complexity(req)
     min_tier, de_escalation = _de_escalate(req, complexity.min_tier, stats)
     min_rank = min_tier.rank
-    budget = req.budget_ms
     target = max(req.quality_floor, cfg.quality_good_enough)
-    local_policy = policy in ("local-first", "seed-rules")
+    floor, local_only, requester = req.quality_floor, req.local_only, req.requester
+    always_cloud, local_first, seed_rules = policy == "always-cloud", policy == "local-first", policy == "seed-rules"
     learned_any = bool(stats.models)
+    score_of = _scorer(req, cfg, policy, target)
     excluded: list[Exclusion] = []
     # (over budget, score, p95, n) for every candidate; reasons in words are written only for
     # the chain that is returned (a 1,000-device fleet has thousands of candidates).
@@ -221,48 +256,50 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
     floors: set[str] = set()
     for e in fleet.by_task.get(req.task, ()):
         d = e.device
-        if e.below_floor and req.requester != d.id:
+        if e.below_floor and requester != d.id:
             if d.id not in floors:
                 floors.add(d.id)
                 excluded.append(Exclusion(d.id, None, f"battery {d.battery_pct:.0f} % below its floor "
                                                       f"{d.battery_floor_pct:.0f} %: serves only its own tasks"))
             continue
-        tier = e.tier
         why = None
-        if req.local_only and e.cloud:
+        if local_only and e.cloud:
             why = "local_only: the cloud layer is excluded"
-        elif e.quality < req.quality_floor:
-            why = f"quality {e.quality:.2f} below the floor {req.quality_floor:.2f}"
-        elif tier.rank < min_rank:
-            why = f"tier {tier.value} below the task's minimum {min_tier.value}" + (
+        elif e.quality < floor:
+            why = f"quality {e.quality:.2f} below the floor {floor:.2f}"
+        elif e.rank < min_rank:
+            why = f"tier {e.tier.value} below the task's minimum {min_tier.value}" + (
                 f" ({', '.join(complexity.cues)})" if complexity.cues else "")
-        elif d.energy_mode == "tiny_only" and tier is not Tier.tiny:
+        elif e.rank and d.energy_mode == "tiny_only":
             why = "device in tiny_only mode (battery low)"
-        elif policy == "always-cloud" and not e.cloud:
+        elif always_cloud and not e.cloud:
             why = "policy always-cloud: local only for what no cloud model does"
             held_back.append(e)
-        elif policy == "local-first" and e.cloud and d.energy_mode != "clean_grid":
+        elif local_first and e.cloud and d.energy_mode != "clean_grid":
             why = f"policy {policy}: cloud only when the grid is clean or nothing local fits"
             held_back.append(e)
-        elif policy == "seed-rules" and tier.rank > SEED_RULE_CAP.get(d.energy_mode, Tier.small).rank:
+        elif seed_rules and e.rank > SEED_RULE_CAP.get(d.energy_mode, Tier.small).rank:
             cap = SEED_RULE_CAP.get(d.energy_mode, Tier.small)
             why = f"policy {policy}: mode {d.energy_mode} allows up to {cap.value} unless nothing else fits"
             held_back.append(e)
-        live, cooldown_until = _live(e, req.task, stats) if learned_any else (e.announced, 0.0)
-        if why is None and cooldown_until > fleet.now:
-            why = (f"cooling down for {cooldown_until - fleet.now:.0f} s more after "
-                   f"{stats.models[(d.id, e.model.name, req.task)].consecutive_failures} failures in a row")
+        if learned_any:
+            live, cooldown_until = _live(e, req.task, stats)
+            if why is None and cooldown_until > fleet.now:
+                why = (f"cooling down for {cooldown_until - fleet.now:.0f} s more after "
+                       f"{stats.models[(d.id, e.model.name, req.task)].consecutive_failures} failures in a row")
+        else:
+            live = e.announced
         if why:
             excluded.append(Exclusion(d.id, e.model.name, why))
             continue
-        scored.append(_scored(req, e, live, cfg, policy, budget, target, len(entries)))
+        scored.append(score_of(e, live, len(entries)))
         entries.append((e, live, False))
-    if held_back and (not scored if policy == "always-cloud" else not any(not s[0] for s in scored)):
+    if held_back and (not scored if always_cloud else not any(not s[0] for s in scored)):
         # Nothing the policy prefers fits (always-cloud: no cloud model does the task; the rule
         # policies: nothing local meets the budget): the held-back layer is allowed after all.
         for e in held_back:
             live, _ = _live(e, req.task, stats)
-            scored.append(_scored(req, e, live, cfg, policy, budget, target, len(entries)))
+            scored.append(score_of(e, live, len(entries)))
             entries.append((e, live, True))
         escalated = {(e.device.id, e.model.name) for e in held_back}
         excluded = [x for x in excluded if (x.device_id, x.model) not in escalated]
@@ -284,27 +321,43 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
     return RouteDecision(req.id, req.task, policy, min_tier, chain, tuple(excluded), tuple(reasons))
 
 
-def _scored(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, policy: str, budget: float,
-            target: float, n: int) -> tuple[bool, float, float, int]:
-    """The sort key of a candidate: over budget last, then by score (lower is better)."""
-    p95 = live.p95
-    over = p95 > budget
-    failing = cfg.weight_failure * (1.0 - live.success_rate)
+def _scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
+            target: float) -> Callable[[Entry, Live, int], tuple[bool, float, float, int]]:
+    """The sort key of a candidate for this request: over budget last, then by score (lower is
+    better). What depends only on the request and the config is worked out here, once."""
+    budget = req.budget_ms
+    w_fail = cfg.weight_failure
     if policy == "local-first":
-        # The smallest capable layer first, then the fastest.
-        return over, e.tier.rank + p95 / budget / 10 + failing, p95, n
+        def local_first(e: Entry, live: Live, n: int) -> tuple[bool, float, float, int]:
+            # The smallest capable layer first, then the fastest.
+            p95 = live.p95
+            return p95 > budget, e.rank + p95 / budget / 10 + w_fail * (1.0 - live.success_rate), p95, n
+        return local_first
     if policy == "seed-rules":
-        # A rule table: the energy mode names a layer ("at solar peak run medium models"); the
-        # layer closest to it below wins, then the fastest.
-        cap = SEED_RULE_CAP.get(e.device.energy_mode, Tier.small)
-        return over, abs(cap.rank - e.tier.rank) + p95 / budget / 10 + failing, p95, n
+        def seed_rules(e: Entry, live: Live, n: int) -> tuple[bool, float, float, int]:
+            # A rule table: the energy mode names a layer ("at solar peak run medium models");
+            # the layer closest to it below wins, then the fastest.
+            p95 = live.p95
+            cap = SEED_RULE_CAP.get(e.device.energy_mode, Tier.small).rank
+            return p95 > budget, abs(cap - e.rank) + p95 / budget / 10 + w_fail * (1.0 - live.success_rate), p95, n
+        return seed_rules
     if policy == "always-cloud":
-        return over, p95 / budget + failing, p95, n
-    gco2, cost = (_cloud_cost(req, e, cfg)[1:3]) if e.cloud else (e.gco2, e.cost)
-    score = (cfg.weight_quality * max(0.0, target - e.quality) + cfg.weight_latency * p95 / budget
-             + cfg.weight_carbon * gco2 / cfg.carbon_ref_g + cfg.weight_money * cost / cfg.money_ref + failing)
-    if over:
-        score += 10.0
-    if e.device.energy_mode == "prefer_small" and e.tier.rank > 1:
-        score += 1.0
-    return over, score, p95, n
+        def always_cloud(e: Entry, live: Live, n: int) -> tuple[bool, float, float, int]:
+            p95 = live.p95
+            return p95 > budget, p95 / budget + w_fail * (1.0 - live.success_rate), p95, n
+        return always_cloud
+    w_quality, w_latency = cfg.weight_quality, cfg.weight_latency / budget
+    w_carbon, w_money = cfg.weight_carbon / cfg.carbon_ref_g, cfg.weight_money / cfg.money_ref
+
+    def sovereign(e: Entry, live: Live, n: int) -> tuple[bool, float, float, int]:
+        p95 = live.p95
+        gco2, cost = _cloud_cost(req, e, cfg)[1:3] if e.cloud else (e.gco2, e.cost)
+        score = (w_quality * max(0.0, target - e.quality) + w_latency * p95 + w_carbon * gco2 + w_money * cost
+                 + w_fail * (1.0 - live.success_rate))
+        over = p95 > budget
+        if over:
+            score += 10.0
+        if e.rank > 1 and e.device.energy_mode == "prefer_small":
+            score += 1.0
+        return over, score, p95, n
+    return sovereign
