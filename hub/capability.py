@@ -115,9 +115,28 @@ class ModelSpec(_Strict):
     tasks: list[TaskName] = Field(min_length=1, max_length=64)
     latency_ms: LatencyMs | None = Field(default=None, description="Measured per call; null when not yet measured")
     energy_j_per_call: float | None = Field(default=None, ge=0, le=1_000_000)
+    energy_j_per_token: float | None = Field(
+        default=None, ge=0, le=10_000, description="Language models: energy per generated token. The router then "
+                                                   "predicts a call's energy from the answer's expected length "
+                                                   "instead of energy_j_per_call")
     max_concurrency: int = Field(default=1, ge=1, le=1024)
     quality: float | None = Field(default=None, ge=0, le=1, description="Expected quality 0..1 for its tasks")
+    task_quality: dict[TaskName, Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        default=None, description="Expected quality for the tasks where it differs from `quality` (a model that "
+                                  "chats well and reasons badly); keys must be among `tasks`")
     size_mb: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _task_quality_for_own_tasks(self) -> "ModelSpec":
+        unknown = sorted(set(self.task_quality or ()) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"task_quality names tasks the model does not serve: {', '.join(unknown)}")
+        return self
+
+    def quality_for(self, task: str) -> float | None:
+        if self.task_quality and task in self.task_quality:
+            return self.task_quality[task]
+        return self.quality
 
 
 class Endpoints(_Strict):

@@ -44,8 +44,12 @@ class SimModel(BaseModel):
     tasks: list[str]
     p50_ms: float = Field(gt=0)
     p95_ms: float = Field(gt=0)
-    joules: float = Field(default=0, ge=0, description="per call; cloud: per call estimate")
+    joules: float = Field(default=0, ge=0, description="per call (local models)")
+    j_per_token: float | None = Field(default=None, ge=0, description="language models: per generated token, "
+                                                                       "instead of per call")
     quality: float = Field(ge=0, le=1)
+    #: Per task where a published benchmark for that task differs from the general figure.
+    task_quality: dict[str, float] | None = None
     failure_rate: float = Field(default=0.0, ge=0, le=1)
     max_concurrency: int = Field(default=1, ge=1)
 
@@ -182,7 +186,8 @@ def _views(fleet: FleetFile, batteries: dict[str, Battery], energy: Any, local_h
         b = batteries[d.id]
         plugged = b.plugged(local_hour)
         models = tuple(ModelSpec(name=m.name, runtime=m.runtime, tasks=m.tasks, latency_ms=LatencyMs(p50=m.p50_ms, p95=m.p95_ms),
-                                 energy_j_per_call=m.joules, quality=m.quality, max_concurrency=m.max_concurrency)
+                                 energy_j_per_call=m.joules, energy_j_per_token=m.j_per_token, quality=m.quality, task_quality=m.task_quality,
+                                 max_concurrency=m.max_concurrency)
                        for m in d.models)
         power = energy.devices.get(d.id)
         views.append(DeviceView(

@@ -123,6 +123,32 @@ def test_cloud_costs_money_by_tokens() -> None:
     assert c.cost == pytest.approx(((len("what is the capital of France? " * 10) // 4) * 1.0 + 150 * 5.0) / 1e6)
 
 
+def test_quality_floor_is_checked_against_the_tasks_own_quality() -> None:
+    """A chat model that is weak at maths: its general quality passes a reasoning floor that its
+    reasoning quality does not."""
+    chat = ModelSpec(name="chat-8b", runtime="ollama", tasks=["qa", "reason"], latency_ms=LatencyMs(p50=900, p95=2000),
+                     quality=0.8, task_quality={"reason": 0.5})
+    box = fleet(view("gpu-box", models=(chat,)), cloud())
+    qa = route(TaskRequest(task="qa", text="who wrote Middlemarch?", quality_floor=0.75), box, CFG)
+    assert qa.chosen.model == "chat-8b" and qa.chosen.quality == 0.8
+    hard = route(TaskRequest(task="reason", text="which mortgage is cheaper?", quality_floor=0.75, budget_ms=60_000),
+                 box, CFG)
+    assert hard.chosen.device_id == "cloud"
+    assert any(x.model == "chat-8b" and "quality 0.50 below the floor 0.75" in x.reason for x in hard.excluded)
+    with pytest.raises(ValidationError, match="task_quality names tasks the model does not serve: code"):
+        ModelSpec(name="m", runtime="ollama", tasks=["qa"], task_quality={"code": 0.9})
+
+
+def test_energy_per_token_prices_a_long_answer_above_a_short_one() -> None:
+    llm = ModelSpec(name="llm", runtime="ollama", tasks=["qa", "reason"], latency_ms=LatencyMs(p50=900, p95=2000),
+                    energy_j_per_call=1.0, energy_j_per_token=3.0)
+    box = fleet(view("gpu-box", models=(llm,), g=360, price=0.36))
+    qa = route(TaskRequest(task="qa", text="a short question"), box, CFG).chosen
+    reason = route(TaskRequest(task="reason", text="a short question", budget_ms=60_000), box, CFG).chosen
+    assert qa.joules == 150 * 3.0 and reason.joules == 600 * 3.0, "per token wins over per call"
+    assert reason.gco2 == pytest.approx(1800 / 3.6e6 * 360) and reason.cost == pytest.approx(1800 / 3.6e6 * 0.36)
+
+
 def test_policies() -> None:
     req = TaskRequest(task="summarize", text="a note", budget_ms=10_000)
     assert route(req, HOME, CFG.model_copy(update={"policy": "always-cloud"})).chosen.device_id == "cloud"

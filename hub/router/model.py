@@ -94,9 +94,13 @@ class Entry:
     p95: float
     queue_ms: float
     measured: bool
-    joules: float  # local devices: per call; cloud: per call is token-dependent (0 here)
+    joules: float  # per call; 0 where it depends on the request's tokens (cloud, per-token models)
     gco2: float
     cost: float
+    #: Local energy per generated token (0: per call); gCO2 and money per joule on this device.
+    j_per_token: float
+    g_per_j: float
+    price_per_j: float
     below_floor: bool  # on battery below its floor: serves only its own tasks
     announced: Live  # what to use while nothing has been learned
     rank: int  # tier.rank, read once per candidate per decision
@@ -111,21 +115,25 @@ TIER_LATENCY_MS = {Tier.tiny: (10, 30), Tier.small: (600, 1500), Tier.medium: (1
 TIER_QUALITY = {Tier.tiny: 0.6, Tier.small: 0.65, Tier.medium: 0.8, Tier.large: 0.9}
 
 
-def _entry(d: DeviceView, m: ModelSpec) -> Entry:
+def _entry(d: DeviceView, m: ModelSpec, task: str) -> Entry:
     cloud = m.runtime == "cloud" or d.tier is Tier.large
     measured = m.latency_ms is not None
     p50, p95 = (m.latency_ms.p50, m.latency_ms.p95) if m.latency_ms is not None else TIER_LATENCY_MS[d.tier]
     queue = (d.active_tasks - m.max_concurrency + 1) * p50 if d.active_tasks >= m.max_concurrency else 0.0
     joules = gco2 = cost = 0.0
-    if not cloud:
+    g_per_j = (d.marginal_g_per_kwh or 0.0) / 3.6e6
+    price_per_j = (d.marginal_price_per_kwh or 0.0) / 3.6e6
+    per_token = 0.0 if cloud else (m.energy_j_per_token or 0.0)
+    if not cloud and not per_token:
         joules = m.energy_j_per_call if m.energy_j_per_call is not None else (d.active_w or 0.0) * (p50 + queue) / 1000
-        gco2 = joules / 3.6e6 * (d.marginal_g_per_kwh or 0.0)
-        cost = joules / 3.6e6 * (d.marginal_price_per_kwh or 0.0)
+        gco2 = joules * g_per_j
+        cost = joules * price_per_j
     below = (d.power_source == "battery" and not d.charging and d.battery_pct is not None
              and d.battery_pct < d.battery_floor_pct)
     tier = Tier.large if cloud else d.tier
-    return Entry(d, m, cloud, tier, m.quality if m.quality is not None else TIER_QUALITY[tier],
-                 p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, below,
+    quality = m.quality_for(task)
+    return Entry(d, m, cloud, tier, quality if quality is not None else TIER_QUALITY[tier],
+                 p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, per_token, g_per_j, price_per_j, below,
                  Live(p50 + queue, p95 + queue, 1.0, ""), tier.rank)
 
 
@@ -140,7 +148,11 @@ class FleetSnapshot:
         index: dict[str, list[Entry]] = {}
         for d in self.devices:
             for m in d.models:
-                e = _entry(d, m)
+                if m.task_quality:  # the entries differ by task
+                    for task in m.tasks:
+                        index.setdefault(task, []).append(_entry(d, m, task))
+                    continue
+                e = _entry(d, m, m.tasks[0])
                 for task in m.tasks:
                     index.setdefault(task, []).append(e)
         object.__setattr__(self, "by_task", {t: tuple(es) for t, es in index.items()})
