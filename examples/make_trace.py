@@ -29,7 +29,7 @@ MIX = [  # task, per day, budget ms, quality floor, requester, deadline (s) or N
     ("summarize", 20, 15000, 0.0, None, None, lambda: "Meeting notes. " + "We discussed the plan and the budget. " * 40),
     ("draft", 10, 20000, 0.0, "laptop", None, lambda: "write a short reply to the school about the trip"),
     ("code", 15, 30000, 0.8, "laptop", None, lambda: "```python\ndef total(xs):\n    return sum(xs)\n```\nwhy is this slow for big lists?"),
-    ("reason", 5, 60000, 0.9, "laptop", None, lambda: "compare the two mortgage offers step by step: 3.1% over 25 years vs 2.8% with a 1500 fee; explain why"),
+    ("reason", 5, 60000, 0.75, "laptop", None, lambda: "compare the two mortgage offers step by step: 3.1% over 25 years vs 2.8% with a 1500 fee; explain why"),
 ]
 
 tasks = []
