@@ -216,15 +216,21 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, score:
 
 # -- the decision --------------------------------------------------------------------------------
 
-def _live(e: Entry, task: str, stats: StatsSnapshot) -> tuple[Live, float]:
-    """Learned latency (when there are enough outcomes) and success rate; and the cooldown end."""
+def _live(e: Entry, task: str, stats: StatsSnapshot, now: float) -> tuple[Live, float]:
+    """Latency (announced, blended with what was learned) and success rate; the cooldown end."""
     learned = stats.models.get((e.device.id, e.model.name, task)) if stats.models else None
     if learned is None:
         return e.announced, 0.0
-    if learned.n >= stats.config.min_samples and learned.p95_ms is not None and learned.p50_ms is not None:
-        live = Live(learned.p50_ms + e.queue_ms, learned.p95_ms + e.queue_ms, learned.success_rate,
-                     f"learned from {learned.n} outcomes: p95 {learned.p95_ms:.0f} ms, "
-                     f"{learned.success_rate:.0%} success")
+    cfg = stats.config
+    if learned.n >= cfg.min_samples and learned.p95_ms is not None and learned.p50_ms is not None:
+        # The announced figure is a prior worth `prior_outcomes`; outcomes fade with time.
+        w = min(learned.n, cfg.window) * 0.5 ** (max(0.0, now - learned.last_at) / cfg.half_life_s)
+        k = cfg.prior_outcomes
+        p50 = (w * learned.p50_ms + k * (e.p50 - e.queue_ms)) / (w + k) + e.queue_ms
+        p95 = (w * learned.p95_ms + k * (e.p95 - e.queue_ms)) / (w + k) + e.queue_ms
+        live = Live(p50, p95, learned.success_rate,
+                    f"learned from {learned.n} outcomes (weight {w:.0f} against the announced figure's {k:.0f}): "
+                    f"p95 {learned.p95_ms:.0f} ms, {learned.success_rate:.0%} success")
     else:
         live = Live(e.p50, e.p95, learned.success_rate, f"{learned.n} outcomes so far, {learned.success_rate:.0%} success")
     return live, learned.cooldown_until
@@ -290,7 +296,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
             why = f"policy {policy}: mode {d.energy_mode} allows up to {cap.value} unless nothing else fits"
             held_back.append(e)
         if learned_any:
-            live, cooldown_until = _live(e, req.task, stats)
+            live, cooldown_until = _live(e, req.task, stats, fleet.now)
             if why is None and cooldown_until > fleet.now:
                 why = (f"cooling down for {cooldown_until - fleet.now:.0f} s more after "
                        f"{stats.models[(d.id, e.model.name, req.task)].consecutive_failures} failures in a row")
@@ -305,7 +311,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
         # Nothing the policy prefers fits (always-cloud: no cloud model does the task; the rule
         # policies: nothing local meets the budget): the held-back layer is allowed after all.
         for e in held_back:
-            live, _ = _live(e, req.task, stats)
+            live, _ = _live(e, req.task, stats, fleet.now)
             scored.append(score_of(e, live, len(entries)))
             entries.append((e, live, True))
         escalated = {(e.device.id, e.model.name) for e in held_back}

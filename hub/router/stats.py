@@ -23,8 +23,14 @@ Key = tuple[str, str, str]  # device, model, task
 
 class LearningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    #: Learned latency replaces the announced one after this many outcomes.
+    #: Learned latency is used from this many outcomes on, blended with the announced figure.
     min_samples: int = Field(default=5, ge=1)
+    #: The announced latency counts as this many outcomes in the blend. A p95 of five outcomes is
+    #: about their maximum: one slow call would otherwise put a model over budget for good.
+    prior_outcomes: float = Field(default=10, ge=0)
+    #: Outcomes lose half their weight in the blend per this many seconds without a new one, so
+    #: a model that was slow once (and is therefore no longer chosen) is tried again later.
+    half_life_s: float = Field(default=6 * 3600, gt=0)
     #: Latencies kept per (device, model, task) for the quantiles.
     window: int = Field(default=200, ge=10, le=10_000)
     #: Consecutive failures before a cooldown (in the manner of LiteLLM's allowed_fails) …
@@ -61,6 +67,7 @@ class Learned:
     success_rate: float
     cooldown_until: float
     consecutive_failures: int
+    last_at: float = 0.0  # time of the latest outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +92,13 @@ class _Running:
     ok: int = 0
     consecutive_failures: int = 0
     cooldown_until: float = 0.0
+    last_at: float = 0.0
 
     def learned(self) -> Learned:
         lat = sorted(self.latencies)
         return Learned(self.n, quantile(lat, 0.5) if lat else None, quantile(lat, 0.95) if lat else None,
-                       self.ok / self.n if self.n else 1.0, self.cooldown_until, self.consecutive_failures)
+                       self.ok / self.n if self.n else 1.0, self.cooldown_until, self.consecutive_failures,
+                       self.last_at)
 
 
 class StatsStore:
@@ -114,7 +123,8 @@ class StatsStore:
         for device, model, task, doc in self._db.execute("SELECT device, model, task, doc FROM model_stats"):
             d = json.loads(doc)
             self._models[(device, model, task)] = _Running(deque(d["latencies"], maxlen=self.cfg.window), d["n"],
-                                                           d["ok"], d["consecutive_failures"], d["cooldown_until"])
+                                                           d["ok"], d["consecutive_failures"], d["cooldown_until"],
+                                                           d.get("last_at", 0.0))
         for task, tier, n, ok in self._db.execute("SELECT task, tier, n, ok FROM tier_stats"):
             self._tiers[(task, tier)] = [n, ok]
 
@@ -124,6 +134,7 @@ class StatsStore:
         if r is None:
             r = self._models[key] = _Running(deque(maxlen=self.cfg.window))
         r.n += 1
+        r.last_at = max(r.last_at, o.at)
         tier = self._tiers.setdefault((o.task, o.tier), [0, 0])
         tier[0] += 1
         if o.ok:
@@ -153,7 +164,7 @@ class StatsStore:
             r = self._models[key]
             rows.append((*key, json.dumps({"latencies": list(r.latencies), "n": r.n, "ok": r.ok,
                                            "consecutive_failures": r.consecutive_failures,
-                                           "cooldown_until": r.cooldown_until})))
+                                           "cooldown_until": r.cooldown_until, "last_at": r.last_at})))
         tiers = [(task, tier, v[0], v[1]) for (task, tier), v in self._tiers.items()]
         self._dirty.clear()
         with self._lock, self._db:
