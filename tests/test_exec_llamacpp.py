@@ -136,3 +136,30 @@ async def test_tiny_timeout(executor: LlamaCppExecutor, stream: bool) -> None:
     after = await executor.run(_call(max_tokens=8))
     assert after.output.strip()
     assert pieces == []  # nothing was forwarded after the caller gave up
+
+
+async def test_agent_measures_joules_per_token_and_advertises_them() -> None:
+    """The agent's inference service times real SmolLM2 calls, estimates their joules from the
+    device's marginal power and, after `refresh_every` calls, offers the joules per generated
+    token that the router prices long answers with."""
+    from hub.agent.executors import ExecutorOptions, ExecutorSet
+    from hub.agent.infer import InferService
+    from hub.capability import Power
+    from hub.rpc import InferParams
+
+    model = SMOLLM.model_copy(update={"energy_j_per_token": 99.0})
+    executors = ExecutorSet(ExecutorOptions(device_id="laptop"))
+    service = InferService(lambda: [model], lambda: Power(source="mains", active_w=30.0, idle_w=5.0), executors,
+                           refresh_every=3)
+    try:
+        answers = [await service.run(f"r{i}", InferParams(task="qa", model=DEFAULT_MODEL, text=QUESTION,
+                                                          options={"max_tokens": 16, "temperature": 0.0}), None)
+                   for i in range(3)]
+    finally:
+        await executors.aclose()
+    assert all(a.joules_estimated and a.tokens_out for a in answers)
+    updates = service.refreshed_figures()[DEFAULT_MODEL]
+    per_token = sum(a.joules for a in answers) / sum(a.tokens_out for a in answers)
+    assert updates["energy_j_per_token"] == pytest.approx(per_token, rel=1e-3)
+    assert 0 < per_token < 99.0 and "latency_ms" in updates
+    assert service.refreshed_figures() == {}, "nothing new until the next refresh_every calls"

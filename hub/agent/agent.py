@@ -323,8 +323,8 @@ class Agent:
             body = RpcResponse(id=request_id, ok=False, error=RpcErrorBody(code="internal", message=repr(exc)[:500]))
         if reply is not None:
             await reply(body.model_dump_json(exclude_none=True))
-        for name, latency in self.inference.refreshed_latency().items():
-            self._refresh_model_latency(name, latency)
+        for name, updates in self.inference.refreshed_figures().items():
+            self._refresh_model(name, updates)
 
     def _reply_to(self, topic: str | None, correlation: bytes | None) -> Any:
         """A function publishing on the response topic, or None when there is none or it is
@@ -363,9 +363,9 @@ class Agent:
             self._running.pop(request_id, None)
         return answer.model_dump(exclude_none=True)
 
-    def _refresh_model_latency(self, name: str, latency: Any) -> None:
+    def _refresh_model(self, name: str, updates: dict[str, Any]) -> None:
         """Advertise what was measured, so that the hub routes on it from the next call."""
-        models = [m.model_copy(update={"latency_ms": latency}) if m.name == name else m for m in self.capability.models]
+        models = [m.model_copy(update=updates) if m.name == name else m for m in self.capability.models]
         self.capability = self.capability.model_copy(update={"models": models})
         if self.mqtt is not None:
             self._spawn(self._announce(self.mqtt), "announce")

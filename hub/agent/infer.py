@@ -1,5 +1,6 @@
 """The agent's side of ``infer``: pick the model's executor, enforce its concurrency, time it,
-estimate its joules, and keep the latency the device advertises true to what it measures."""
+estimate its joules, and keep the latency (and, for language models, the joules per generated
+token) that the device advertises true to what it measures."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import collections
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..capability import LatencyMs, ModelSpec, Power
 from ..rpc import InferAnswer, InferParams
@@ -20,12 +22,15 @@ WINDOW = 200
 
 class InferService:
     def __init__(self, models: Callable[[], Sequence[ModelSpec]], power: Callable[[], Power],
-                 executors: ExecutorSet) -> None:
+                 executors: ExecutorSet, refresh_every: int = REFRESH_EVERY) -> None:
         self._models = models
         self._power = power
         self.executors = executors
+        self.refresh_every = refresh_every
         self.active: collections.Counter[str] = collections.Counter()
         self._latencies: dict[str, collections.deque[float]] = {}
+        #: (joules, tokens generated) per call of a local language model.
+        self._token_energy: dict[str, collections.deque[tuple[float, int]]] = {}
         self._calls: collections.Counter[str] = collections.Counter()
 
     @property
@@ -63,11 +68,14 @@ class InferService:
         finally:
             self.active[model.name] -= 1
         seconds = time.perf_counter() - started
-        if not result.simulated:
-            self._observe(model.name, seconds * 1000)
         joules, estimated = result.joules, False
         if joules is None:
             joules, estimated = self._estimate_joules(model, seconds), True
+        if not result.simulated:
+            self._observe(model.name, seconds * 1000)
+            if joules and result.tokens_out and model.runtime != "cloud":
+                self._token_energy.setdefault(model.name, collections.deque(maxlen=WINDOW)).append(
+                    (joules, result.tokens_out))
         return InferAnswer(model=model.name, output=result.output, confidence=result.confidence,
                            joules=round(joules, 6) if joules is not None else None, joules_estimated=estimated,
                            tokens_in=result.tokens_in, tokens_out=result.tokens_out, stats=result.stats,
@@ -83,24 +91,34 @@ class InferService:
         self._latencies.setdefault(model, collections.deque(maxlen=WINDOW)).append(ms)
         self._calls[model] += 1
 
-    def refreshed_latency(self) -> dict[str, LatencyMs]:
-        """Measured p50/p95 of the models due for a refresh (every REFRESH_EVERY calls) whose
-        advertised figures are off by more than 20 % and 1 ms: a re-announcement makes every hub
-        re-validate the document and rebuild its fleet, so it is sent only when it matters."""
-        out = {}
-        advertised = {m.name: m.latency_ms for m in self._models()}
+    def refreshed_figures(self) -> dict[str, dict[str, Any]]:
+        """Updates for the models due for a refresh (every ``refresh_every`` calls) whose advertised
+        figures are off by more than 20 % (and 1 ms): measured p50/p95 and, for local language
+        models, joules per generated token. A re-announcement makes every hub re-validate the
+        document and rebuild its fleet, so it is sent only when it matters."""
+        out: dict[str, dict[str, Any]] = {}
+        advertised = {m.name: m for m in self._models()}
         for name, samples in self._latencies.items():
-            if self._calls[name] < REFRESH_EVERY:
+            if self._calls[name] < self.refresh_every:
                 continue
             self._calls[name] = 0
+            updates: dict[str, Any] = {}
             ordered = sorted(samples)
             p50 = ordered[len(ordered) // 2]
             p95 = max(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], p50)
-            old = advertised.get(name)
-            if old is None or _off(old.p50, p50) or _off(old.p95, p95):
-                out[name] = LatencyMs(p50=round(p50, 3), p95=round(p95, 3))
+            old = advertised[name].latency_ms if name in advertised else None
+            if old is None or _off(old.p50, p50, 1.0) or _off(old.p95, p95, 1.0):
+                updates["latency_ms"] = LatencyMs(p50=round(p50, 3), p95=round(p95, 3))
+            calls = self._token_energy.get(name)
+            if calls:
+                per_token = sum(j for j, _ in calls) / sum(t for _, t in calls)
+                was = advertised[name].energy_j_per_token if name in advertised else None
+                if was is None or _off(was, per_token, 0.0):
+                    updates["energy_j_per_token"] = float(f"{per_token:.4g}")
+            if updates:
+                out[name] = updates
         return out
 
 
-def _off(advertised: float, measured: float) -> bool:
-    return abs(measured - advertised) > max(1.0, 0.2 * advertised)
+def _off(advertised: float, measured: float, at_least: float) -> bool:
+    return abs(measured - advertised) > max(at_least, 0.2 * advertised)
