@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError
 
 from .config import format_validation_error
-from .dispatch import InferRequest, RequestError
+from .deferred import ReplyRoute, Waiting
+from .dispatch import InferOutcome, InferRequest, RequestError
 from .mqtt import Message, publish_properties
 from .rpc import RpcChunk, RpcErrorBody, RpcResponse
 
@@ -46,11 +47,35 @@ class Commands:
         if message.topic != self.topic:
             return False
         props = getattr(message, "properties", None)
-        task = asyncio.create_task(self._run(message.payload, getattr(props, "ResponseTopic", None),
-                                             getattr(props, "CorrelationData", None)))
+        self._spawn(self._run(message.payload, getattr(props, "ResponseTopic", None),
+                              getattr(props, "CorrelationData", None)))
+        return True
+
+    def resume_deferred(self) -> int:
+        """Run the deferred requests a previous hub process left waiting (hub/deferred.py)."""
+        waiting = self.hub.dispatcher.store.waiting()
+        for w in waiting:
+            self._spawn(self._resume(w))
+        return len(waiting)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return True
+
+    async def _resume(self, w: Waiting) -> None:
+        hub = self.hub
+        hub.dispatcher.resuming(w.request.id)
+        await asyncio.sleep(hub.config.dispatch.resume_after_s)
+        reply = self._reply(w.reply.topic, w.reply.correlation) if w.reply else None
+        try:
+            body = _response(await hub.dispatcher.infer(w.request, reply=w.reply))
+        except RequestError as exc:  # its requester is gone from the registry, say
+            body = RpcResponse(id=w.request.id, ok=False, error=RpcErrorBody(code=exc.code, message=exc.message))
+            await asyncio.to_thread(hub.dispatcher.store.finish, w.request.id, body.model_dump(exclude_none=True))
+        log.info("resumed deferred request %s: %s", w.request.id, "ok" if body.ok else body.error)
+        if reply is not None:
+            await reply(body.model_dump_json(exclude_none=True))
 
     async def aclose(self) -> None:
         for t in list(self._tasks):
@@ -85,10 +110,10 @@ class Commands:
                     nonlocal seq
                     await reply(RpcChunk(id=cmd.id or "", seq=seq, chunk=text).model_dump_json())
                     seq += 1
-            outcome = await hub.dispatcher.infer(cmd, emit)  # an InferCommand is an InferRequest
-            request_id = outcome.id
-            err = None if outcome.ok else RpcErrorBody(**outcome.error) if outcome.error else None
-            body = RpcResponse(id=outcome.id, ok=outcome.ok, result=outcome.to_dict(), error=err)
+            # An InferCommand is an InferRequest; the reply route is kept if it is deferred.
+            route = ReplyRoute(response_topic or cmd.reply_to or "", correlation)
+            body = _response(await hub.dispatcher.infer(cmd, emit, route))
+            request_id = body.id
         except RequestError as exc:
             self._reject(exc.message)
             body = RpcResponse(id=request_id, ok=False, error=RpcErrorBody(code=exc.code, message=exc.message))
@@ -113,3 +138,8 @@ class Commands:
                 await link.publish(topic, text, qos=1, properties=props)
 
         return reply
+
+
+def _response(outcome: InferOutcome) -> RpcResponse:
+    err = None if outcome.ok else RpcErrorBody(**outcome.error) if outcome.error else None
+    return RpcResponse(id=outcome.id, ok=outcome.ok, result=outcome.to_dict(), error=err)

@@ -213,6 +213,9 @@ class DispatchConfig(_Section):
     consensus_k: int = Field(default=3, ge=2, le=9)
     #: Deferred requests held at once (beyond: run now).
     max_deferred: int = Field(default=10_000, ge=0)
+    #: After a restart, deferred requests read back from the data directory run no sooner than
+    #: this: the devices' retained announcements arrive first.
+    resume_after_s: float = Field(default=2.0, ge=0, le=600)
 
 
 class HomeAssistantConfig(_Section):

@@ -6,7 +6,8 @@ the first candidate over MQTT RPC, escalating along the decision's chain on a ti
 or a confidence below the request's quality floor. Consensus requests fan out to the plan's
 members in parallel and aggregate. Every attempt becomes an outcome for the router's stats and
 a ledger entry; every success is offered to the cache and to the compiled-pattern detector.
-Deferrable requests (with a deadline) wait for the window the energy forecast picks.
+Deferrable requests (with a deadline) wait for the window the energy forecast picks; they are
+written down while they wait (hub/deferred.py) and resumed after a restart.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import DispatchConfig
+from .deferred import DeferredStore, ReplyRoute
 from .router.ledger import LedgerEntry
 from .router.model import Candidate, RouteDecision, TaskRequest
 from .router.plan import plan_consensus, plan_deferral
@@ -107,10 +109,12 @@ class RequestError(ValueError):
 
 
 class Dispatcher:
-    def __init__(self, hub: "Hub", cfg: DispatchConfig) -> None:
+    def __init__(self, hub: "Hub", cfg: DispatchConfig, store: DeferredStore) -> None:
         self.hub = hub
         self.cfg = cfg
+        self.store = store
         self.deferred: dict[str, float] = {}  # request id -> run at
+        self._written: set[str] = set()  # request ids in the store, whose outcome it keeps
         self.counts: collections.Counter[str] = collections.Counter()
 
     def check(self, req: InferRequest) -> None:
@@ -121,7 +125,10 @@ class Dispatcher:
         if req.requester is not None and self.hub.registry.get(req.requester) is None:
             raise RequestError("unknown_device", f"requester {req.requester!r} is not a known device")
 
-    async def infer(self, req: InferRequest, emit: OnChunk | None = None) -> InferOutcome:
+    async def infer(self, req: InferRequest, emit: OnChunk | None = None,
+                    reply: ReplyRoute | None = None) -> InferOutcome:
+        """Run a request. ``reply`` is where an MQTT command's answer goes: kept with the request
+        if it is deferred, so that a restarted hub can still answer it."""
         self.check(req)
         if not req.id:
             req = req.model_copy(update={"id": uuid.uuid4().hex[:16]})
@@ -133,12 +140,15 @@ class Dispatcher:
         self.counts["requests"] += 1
         try:
             async with asyncio.timeout(timeout_s):
-                out = await self._infer(req, emit, started)
+                out = await self._infer(req, emit, started, reply)
         except TimeoutError:
             out = InferOutcome(req.id, req.task, False, error={"code": "timeout",
                                "message": f"no answer within the request's {timeout_s * 1000:.0f} ms"})
         out.latency_ms = (time.perf_counter() - started) * 1000 - out.deferred_s * 1000
         out.hub = self.hub.config.hub_id
+        if req.id in self._written:  # a cancellation (hub stop) leaves it waiting for the next start
+            self._written.discard(req.id)
+            await asyncio.to_thread(self.store.finish, req.id, out.to_dict())
         self.counts["ok" if out.ok else "failed"] += 1
         self._publish(out)
         log.info("task %s %s: %s via %s in %.1f ms", req.id, req.task, "ok" if out.ok else out.error,
@@ -157,7 +167,12 @@ class Dispatcher:
         hub.record(f"route.{layer}.gco2", now, out.gco2)
         hub.record(f"route.{layer}.joules", now, out.joules)
 
-    async def _infer(self, req: InferRequest, emit: OnChunk | None, started: float) -> InferOutcome:
+    def resuming(self, request_id: str) -> None:
+        """A request read back from the store after a restart: its outcome goes to the store."""
+        self._written.add(request_id)
+
+    async def _infer(self, req: InferRequest, emit: OnChunk | None, started: float,
+                     reply: ReplyRoute | None) -> InferOutcome:
         hub = self.hub
         rule = hub.rules.match(req)
         if rule is not None:
@@ -169,7 +184,7 @@ class Dispatcher:
         if req.deadline is not None and len(self.deferred) < self.cfg.max_deferred:
             plan = plan_deferral(req, decision, hub.energy_snapshot())
             if plan.run_at > time.time() + 1:
-                deferred_s = await self._wait_until(req.id, plan.run_at)
+                deferred_s = await self._wait_until(req, plan.run_at, reply)
                 decision = route(req, hub.fleet(), hub.config.router, hub.stats.snapshot())
         reasons = list(decision.reasons)
         if decision.chosen is None:
@@ -197,13 +212,15 @@ class Dispatcher:
                 log.info("compiled pattern proposed: %s", proposed.id)
         return out
 
-    async def _wait_until(self, request_id: str, run_at: float) -> float:
-        self.deferred[request_id] = run_at
+    async def _wait_until(self, req: InferRequest, run_at: float, reply: ReplyRoute | None) -> float:
+        await asyncio.to_thread(self.store.add, req, run_at, reply)
+        self._written.add(req.id)
+        self.deferred[req.id] = run_at
         began = time.time()
         try:
             await asyncio.sleep(max(0.0, run_at - began))
         finally:
-            self.deferred.pop(request_id, None)
+            self.deferred.pop(req.id, None)
         return time.time() - began
 
     async def _chain(self, req: InferRequest, decision: RouteDecision, emit: OnChunk | None,

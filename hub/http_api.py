@@ -170,6 +170,16 @@ def make_app(hub: "Hub") -> web.Application:
         report["cache"] = {"hits": hub.cache.hits, "misses": hub.cache.misses}
         return web.json_response(report)
 
+    async def deferred(request: web.Request) -> web.Response:
+        return web.json_response({"deferred": await asyncio.to_thread(hub.dispatcher.store.list)})
+
+    async def deferred_one(request: web.Request) -> web.Response:
+        doc = await asyncio.to_thread(hub.dispatcher.store.get, request.match_info["id"])
+        if doc is None:
+            return error(404, "unknown_request", f"no deferred request with id {request.match_info['id']!r} "
+                                                 "(never deferred, or finished more than a day ago)")
+        return web.json_response(doc)
+
     async def rules(request: web.Request) -> web.Response:
         return web.json_response({"rules": [r.to_dict() for r in hub.rules.all()]})
 
@@ -193,6 +203,8 @@ def make_app(hub: "Hub") -> web.Application:
     app.router.add_get("/", index)
     app.router.add_static("/static/", web_dir, follow_symlinks=False)
     app.router.add_get("/api/costs", costs)
+    app.router.add_get("/api/deferred", deferred)
+    app.router.add_get("/api/deferred/{id}", deferred_one)
     app.router.add_get("/api/energy", energy)
     app.router.add_get("/api/energy/best-window", best_window_route)
     app.router.add_get("/api/energy/history", energy_history)

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from .broker import EmbeddedBroker
 from .commands import Commands
+from .deferred import DeferredStore
 from .dispatch import Dispatcher, InferRequest
 from .rpc_client import RpcClient
 from .bus import EventBus
@@ -137,7 +138,8 @@ class Hub:
             password=cfg.mqtt.resolved_password(), tls=cfg.mqtt.tls, keepalive_s=cfg.mqtt.keepalive_s,
             birth=Birth(self.topics.hub_status), subscriptions=[(f, DISCOVERY_QOS) for f in self.topics.discovery_filters],
         )
-        self.dispatcher = Dispatcher(self, cfg.dispatch)
+        self.dispatcher = Dispatcher(self, cfg.dispatch, DeferredStore(self.data_dir / "deferred.sqlite3"))
+        self._stack.callback(self.dispatcher.store.close)
         self.commands = Commands(self)
         self.rpc = RpcClient(self.topics, cfg.hub_id)
         opts.subscriptions += [(self.commands.subscription, 1), (self.rpc.reply_topic, 1)]
@@ -151,6 +153,9 @@ class Hub:
             self._stack.push_async_callback(self.homeassistant.stop)
         self.rpc.link = self.mqtt
         self._stack.push_async_callback(self.commands.aclose)
+        resumed = self.commands.resume_deferred()
+        if resumed:
+            log.info("resuming %d deferred request(s) from %s", resumed, self.data_dir)
         self.bus.subscribe(DeviceChanged, self._device_liveness)
         self.bus.subscribe(DeviceRemoved, self._clear_retained)
         for event in (DeviceChanged, DeviceRemoved, EnergyInputsChanged):

@@ -181,5 +181,8 @@ def test_provision_reports_a_full_filesystem(tmp_path: Path) -> None:
             assert out.returncode == 1 and "filesystem is full" in out.stderr, out.stdout + out.stderr
         finally:
             socat.terminate()
+            socat.wait(10)
     finally:
-        subprocess.run(["umount", str(flash)], check=False)
+        # The interpreter socat ran may still hold the directory for a moment: a lazy unmount
+        # detaches it now and frees it when that process is gone (a plain one left it mounted).
+        subprocess.run(["umount", "--lazy", str(flash)], check=False)
