@@ -201,9 +201,10 @@ async def test_dry_run_endpoint(mosquitto: Any, make_hub: Any, spawn_agent: Any)
 
 # -- learning from outcomes --------------------------------------------------------------------
 
-def outcome(device: str, model: str, task: str, ok: bool, ms: float, at: float = NOW, tier: str = "small") -> Any:
+def outcome(device: str, model: str, task: str, ok: bool, ms: float, at: float = NOW, tier: str = "small",
+            quality: float | None = None) -> Any:
     from hub.router.stats import Outcome
-    return Outcome("r", device, model, task, tier, ok, ms, at)
+    return Outcome("r", device, model, task, tier, ok, ms, at, quality=quality)
 
 
 def test_learned_latency_is_blended_with_the_announced_one_and_takes_over() -> None:
@@ -248,6 +249,28 @@ def test_one_slow_call_does_not_bench_a_model_for_good() -> None:
     assert box(NOW + 24 * 3600).within_budget, "unused for a day: back near the announced figure, tried again"
 
 
+def test_confidence_learned_from_answers_moves_the_expected_quality() -> None:
+    """A model that announced 0.9 but answers with confidence 0.3 falls below a 0.6 floor once
+    enough answers say so (the announced figure counts as 10 of them)."""
+    from hub.router.stats import LearningConfig, StatsStore
+    store = StatsStore(LearningConfig(min_samples=5, prior_outcomes=10))
+    llm = ModelSpec(name="unsure", runtime="ollama", tasks=["classify"], latency_ms=LatencyMs(p50=50, p95=90),
+                    quality=0.9)
+    fl = fleet(view("gpu-box", models=(llm,)), cloud())
+    req = TaskRequest(task="classify", text="is this spam?", quality_floor=0.6)
+    assert route(req, fl, CFG, store.snapshot()).chosen.device_id == "gpu-box"
+    for i in range(20):
+        store.record(outcome("gpu-box", "unsure", "classify", True, 60.0, tier="medium", quality=0.3))
+    d = route(req, fl, CFG, store.snapshot())
+    blended = (20 * 0.3 + 10 * 0.9) / 30
+    assert any(x.model == "unsure" and f"quality {blended:.2f} below the floor 0.60" in x.reason for x in d.excluded)
+    assert d.chosen.device_id == "cloud"
+    without_floor = route(req.model_copy(update={"quality_floor": 0.0}), fl, CFG, store.snapshot())
+    unsure = next(c for c in without_floor.chain if c.model == "unsure")
+    assert unsure.quality == pytest.approx(blended)
+    assert any("mean confidence 0.30 over 20 answers" in r for r in unsure.reasons)
+
+
 def test_cooldown_after_repeated_failures_then_recovery() -> None:
     from hub.router.stats import LearningConfig, StatsStore
     store = StatsStore(LearningConfig(cooldown_after_failures=3, cooldown_s=60))
@@ -284,12 +307,20 @@ def test_stats_persist(tmp_path: Any) -> None:
     from hub.router.stats import LearningConfig, StatsStore
     store = StatsStore(LearningConfig(), tmp_path / "stats.sqlite3")
     for ms in (100, 200, 300):
-        store.record(outcome("laptop", "m", "qa", True, ms))
+        store.record(outcome("laptop", "m", "qa", True, ms, quality=0.8))
+    first = store.snapshot()
     store.record(outcome("laptop", "m", "qa", False, 0))
+    store.record(outcome("phone", "t", "intent", True, 5, at=NOW + 1))
+    second = store.snapshot()
+    # Snapshots are values: the later one has both keys, the earlier one is unchanged.
+    assert first.models[("laptop", "m", "qa")].n == 3 and ("phone", "t", "intent") not in first.models
+    assert second.models[("laptop", "m", "qa")].n == 4 and second.models[("phone", "t", "intent")].n == 1
     store.close()
     again = StatsStore(LearningConfig(), tmp_path / "stats.sqlite3").snapshot()
     learned = again.models[("laptop", "m", "qa")]
     assert learned.n == 4 and learned.success_rate == 0.75 and learned.p50_ms == 200
+    assert learned.confidence == pytest.approx(0.8) and learned.confidence_n == 3 and learned.last_at == NOW
+    assert again.models[("phone", "t", "intent")].last_at == NOW + 1
     assert again.tiers[("qa", "small")] == (4, 3)
 
 

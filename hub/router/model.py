@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..capability import ModelSpec, Tier, check_task_input
+
+if TYPE_CHECKING:
+    from .stats import Learned
 
 MAX_BUDGET_MS = 10 * 60 * 1000
 
@@ -70,14 +73,19 @@ class DeviceView:
     marginal_price_per_kwh: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per candidate per decision, and frozen init costs 2x
 class Live:
-    """Latency and success rate of an entry for one decision: announced, or learned."""
+    """Latency, success rate and expected quality of an entry for one decision: announced, or
+    blended with what was learned from outcomes (``learned``, with the weights its latency and
+    its confidence had against the announced figures, for the reasons in words)."""
 
     p50: float
     p95: float
     success_rate: float
-    note: str
+    quality: float
+    learned: "Learned | None" = None
+    latency_weight: float = 0.0
+    confidence_weight: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +112,10 @@ class Entry:
     below_floor: bool  # on battery below its floor: serves only its own tasks
     announced: Live  # what to use while nothing has been learned
     rank: int  # tier.rank, read once per candidate per decision
+    #: task → (the Learned it was blended with, the blend). The stats snapshot after an outcome
+    #: shares every other key's Learned with the one before, so decisions in the same fleet
+    #: snapshot (the same `now`) blend only what changed.
+    blended: dict[str, "tuple[Learned, Live]"] = field(default_factory=dict, compare=False, repr=False)
 
 
 #: Typical p50/p95 (ms) for a tier when a model has not been measured yet.
@@ -131,10 +143,10 @@ def _entry(d: DeviceView, m: ModelSpec, task: str) -> Entry:
     below = (d.power_source == "battery" and not d.charging and d.battery_pct is not None
              and d.battery_pct < d.battery_floor_pct)
     tier = Tier.large if cloud else d.tier
-    quality = m.quality_for(task)
-    return Entry(d, m, cloud, tier, quality if quality is not None else TIER_QUALITY[tier],
-                 p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, per_token, g_per_j, price_per_j, below,
-                 Live(p50 + queue, p95 + queue, 1.0, ""), tier.rank)
+    announced = m.quality_for(task)
+    quality = announced if announced is not None else TIER_QUALITY[tier]
+    return Entry(d, m, cloud, tier, quality, p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, per_token,
+                 g_per_j, price_per_j, below, Live(p50 + queue, p95 + queue, 1.0, quality), tier.rank)
 
 
 @dataclass(frozen=True)

