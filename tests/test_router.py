@@ -303,6 +303,22 @@ def test_de_escalation_when_a_smaller_tier_keeps_succeeding() -> None:
     assert d.min_tier is Tier.small and any("de-escalated to small" in r for r in d.reasons)
 
 
+def test_a_rule_policy_does_not_escalate_to_a_model_cooling_down() -> None:
+    from hub.router.stats import LearningConfig, StatsStore
+    store = StatsStore(LearningConfig(cooldown_after_failures=3, cooldown_s=60))
+    for i in range(3):
+        store.record(outcome("cloud", "claude-haiku", "summarize", False, 0, at=NOW - 5 + i, tier="large"))
+    slow = fleet(view("laptop", models=(ModelSpec(name="big", runtime="llamacpp", tasks=["summarize"],
+                                                  latency_ms=LatencyMs(p50=9000, p95=20000)),)), cloud())
+    req = TaskRequest(task="summarize", text="a note", budget_ms=5000)
+    local = CFG.model_copy(update={"policy": "local-first"})
+    d = route(req, slow, local, store.snapshot())
+    assert [c.device_id for c in d.chain] == ["laptop"], "nothing to escalate to while the cloud cools down"
+    assert any(x.device_id == "cloud" and "cooling down" in x.reason for x in d.excluded)
+    later = route(req, FleetSnapshot(NOW + 120, slow.devices), local, store.snapshot())
+    assert later.chosen.device_id == "cloud", "escalates again once the cooldown is over"
+
+
 def test_stats_persist(tmp_path: Any) -> None:
     from hub.router.stats import LearningConfig, StatsStore
     store = StatsStore(LearningConfig(), tmp_path / "stats.sqlite3")

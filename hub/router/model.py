@@ -112,6 +112,7 @@ class Entry:
     below_floor: bool  # on battery below its floor: serves only its own tasks
     announced: Live  # what to use while nothing has been learned
     rank: int  # tier.rank, read once per candidate per decision
+    tiny_only: bool  # a larger than tiny model on a device in tiny_only mode (its battery is low)
     #: task → (the Learned it was blended with, the blend). The stats snapshot after an outcome
     #: shares every other key's Learned with the one before, so decisions in the same fleet
     #: snapshot (the same `now`) blend only what changed.
@@ -146,7 +147,8 @@ def _entry(d: DeviceView, m: ModelSpec, task: str) -> Entry:
     announced = m.quality_for(task)
     quality = announced if announced is not None else TIER_QUALITY[tier]
     return Entry(d, m, cloud, tier, quality, p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, per_token,
-                 g_per_j, price_per_j, below, Live(p50 + queue, p95 + queue, 1.0, quality), tier.rank)
+                 g_per_j, price_per_j, below, Live(p50 + queue, p95 + queue, 1.0, quality), tier.rank,
+                 tier is not Tier.tiny and d.energy_mode == "tiny_only")
 
 
 @dataclass(frozen=True)

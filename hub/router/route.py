@@ -113,7 +113,10 @@ _STEPS: Cue = [("step by step", _Word("step by step")), ("first", re.compile(r"\
 
 
 def _cue(cue: Cue, text: str) -> bool:
-    return any(key in text and test.search(text) for key, test in cue)
+    for key, test in cue:  # a loop, not any(generator): this runs ~20 times per decision
+        if key in text and test.search(text):
+            return True
+    return False
 
 
 def text_cues(text: str) -> tuple[bool, bool, bool]:
@@ -264,6 +267,20 @@ def _learned_note(live: Live, stats_k: float) -> list[str]:
     return notes
 
 
+def _kept_back(policy: str, e: Entry) -> str | None:
+    """Why a rule-based policy keeps this candidate for escalation only (None: it does not)."""
+    d = e.device
+    if policy == "always-cloud" and not e.cloud:
+        return "policy always-cloud: local only for what no cloud model does"
+    if policy == "local-first" and e.cloud and d.energy_mode != "clean_grid":
+        return f"policy {policy}: cloud only when the grid is clean or nothing local fits"
+    if policy == "seed-rules":
+        cap = SEED_RULE_CAP.get(d.energy_mode, Tier.small)
+        if e.rank > cap.rank:
+            return f"policy {policy}: mode {d.energy_mode} allows up to {cap.value} unless nothing else fits"
+    return None
+
+
 def _de_escalate(req: TaskRequest, min_tier: Tier, stats: StatsSnapshot) -> tuple[Tier, str]:
     """A smaller tier that keeps succeeding at this task is allowed below the estimate."""
     if min_tier is Tier.tiny:
@@ -285,7 +302,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
     min_rank = min_tier.rank
     target = max(req.quality_floor, cfg.quality_good_enough)
     floor, local_only, requester = req.quality_floor, req.local_only, req.requester
-    always_cloud, local_first, seed_rules = policy == "always-cloud", policy == "local-first", policy == "seed-rules"
+    always_cloud, rule_policy = policy == "always-cloud", policy != "sovereign"
     learned_get = stats.models.get if stats.models else None
     learning, now, task = stats.config, fleet.now, req.task
     score_of = _scorer(req, cfg, policy, target)
@@ -321,21 +338,15 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
         elif e.rank < min_rank:
             why = f"tier {e.tier.value} below the task's minimum {min_tier.value}" + (
                 f" ({', '.join(complexity.cues)})" if complexity.cues else "")
-        elif e.rank and d.energy_mode == "tiny_only":
+        elif e.tiny_only:
             why = "device in tiny_only mode (battery low)"
-        elif always_cloud and not e.cloud:
-            why = "policy always-cloud: local only for what no cloud model does"
-            held_back.append(e)
-        elif local_first and e.cloud and d.energy_mode != "clean_grid":
-            why = f"policy {policy}: cloud only when the grid is clean or nothing local fits"
-            held_back.append(e)
-        elif seed_rules and e.rank > SEED_RULE_CAP.get(d.energy_mode, Tier.small).rank:
-            cap = SEED_RULE_CAP.get(d.energy_mode, Tier.small)
-            why = f"policy {policy}: mode {d.energy_mode} allows up to {cap.value} unless nothing else fits"
-            held_back.append(e)
         elif cooldown_until > now:
             why = (f"cooling down for {cooldown_until - now:.0f} s more after "
                    f"{stats.models[(d.id, e.model.name, req.task)].consecutive_failures} failures in a row")
+        elif rule_policy:
+            why = _kept_back(policy, e)
+            if why:
+                held_back.append(e)
         if why:
             excluded.append(Exclusion(d.id, e.model.name, why))
             continue
@@ -399,8 +410,9 @@ def _scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
     def sovereign(e: Entry, live: Live, n: int) -> tuple[bool, float, float, int]:
         p95 = live.p95
         gco2, cost = _request_costs(req, e, cfg)[1:3] if e.cloud or e.j_per_token else (e.gco2, e.cost)
-        score = (w_quality * max(0.0, target - live.quality) + w_latency * p95 + w_carbon * gco2 + w_money * cost
-                 + w_fail * (1.0 - live.success_rate))
+        shortfall = target - live.quality
+        score = (w_latency * p95 + w_carbon * gco2 + w_money * cost + w_fail * (1.0 - live.success_rate)
+                 + (w_quality * shortfall if shortfall > 0.0 else 0.0))
         over = p95 > budget
         if over:
             score += 10.0
