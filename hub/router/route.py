@@ -221,21 +221,10 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, score:
 
 # -- the decision --------------------------------------------------------------------------------
 
-def _live(e: Entry, task: str, stats: StatsSnapshot, now: float) -> tuple[Live, float]:
-    """Latency and quality (announced, blended with what was learned), success rate; the end of
-    a cooldown. Runs for every candidate of every decision, so: numbers only, no words, and a
-    blend is reused while its Learned is the same object (see Entry.blended)."""
-    learned = stats.models.get((e.device.id, e.model.name, task))
-    if learned is None:
-        return e.announced, 0.0
-    memo = e.blended.get(task)
-    if memo is not None and memo[0] is learned:
-        return memo[1], learned.cooldown_until
-    return _blend(e, task, learned, stats.config, now), learned.cooldown_until
-
-
 def _blend(e: Entry, task: str, learned: Learned, cfg: LearningConfig, now: float) -> Live:
-    # The announced figures are a prior worth `prior_outcomes`; outcomes fade with time.
+    """Latency and quality, announced and learned, blended: the announced figures are a prior worth
+    `prior_outcomes`, and outcomes fade with time. Numbers only (the words are written when a
+    candidate's reasons are read); kept on the entry while its Learned is the same object."""
     fade = 0.5 ** (max(0.0, now - learned.last_at) / cfg.half_life_s)
     k = cfg.prior_outcomes
     quality, w_conf = e.quality, 0.0
@@ -311,7 +300,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
     # the chain that is returned (a 1,000-device fleet has thousands of candidates).
     scored: list[tuple[bool, float, float, int]] = []
     entries: list[tuple[Entry, Live, bool]] = []
-    held_back: list[Entry] = []  # entries a rule-based policy keeps for escalation
+    held_back: list[tuple[Entry, Live]] = []  # what a rule-based policy keeps for escalation
     floors: set[str] = set()
     for e in fleet.by_task.get(task, ()):
         d = e.device
@@ -321,8 +310,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
                 excluded.append(Exclusion(d.id, None, f"battery {d.battery_pct:.0f} % below its floor "
                                                       f"{d.battery_floor_pct:.0f} %: serves only its own tasks"))
             continue
-        # _live, inlined for the common case (a blend already made): a call per candidate is
-        # ~10 % of a decision at 100 devices.
+        # Inline rather than a call per candidate (~10 % of a decision at 100 devices).
         learned = learned_get((d.id, e.model.name, task)) if learned_get else None
         if learned is None:
             live, cooldown_until = e.announced, 0.0
@@ -340,13 +328,13 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
                 f" ({', '.join(complexity.cues)})" if complexity.cues else "")
         elif e.tiny_only:
             why = "device in tiny_only mode (battery low)"
-        elif cooldown_until > now:
+        elif learned is not None and cooldown_until > now:
             why = (f"cooling down for {cooldown_until - now:.0f} s more after "
-                   f"{stats.models[(d.id, e.model.name, req.task)].consecutive_failures} failures in a row")
+                   f"{learned.consecutive_failures} failures in a row")
         elif rule_policy:
             why = _kept_back(policy, e)
             if why:
-                held_back.append(e)
+                held_back.append((e, live))
         if why:
             excluded.append(Exclusion(d.id, e.model.name, why))
             continue
@@ -355,11 +343,10 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
     if held_back and (not scored if always_cloud else not any(not s[0] for s in scored)):
         # Nothing the policy prefers fits (always-cloud: no cloud model does the task; the rule
         # policies: nothing local meets the budget): the held-back layer is allowed after all.
-        for e in held_back:
-            live, _ = _live(e, req.task, stats, fleet.now)
+        for e, live in held_back:
             scored.append(score_of(e, live, len(entries)))
             entries.append((e, live, True))
-        escalated = {(e.device.id, e.model.name) for e in held_back}
+        escalated = {(e.device.id, e.model.name) for e, _ in held_back}
         excluded = [x for x in excluded if (x.device_id, x.model) not in escalated]
     head = heapq.nsmallest(cfg.chain_length, scored)
     chain = tuple(_candidate(req, entries[i][0], entries[i][1], cfg, score, entries[i][2], stats.config.prior_outcomes)
