@@ -48,7 +48,7 @@ class DeferredStore:
         self._lock = threading.Lock()
 
     def add(self, req: "InferRequest", run_at: float, reply: ReplyRoute | None) -> None:
-        from .dispatch import InferRequest
+        from .dispatch import InferRequest  # here: dispatch imports this module
         # Only the request's own fields: a command's reply_to is kept as its reply route.
         doc = req.model_dump_json(include=set(InferRequest.model_fields))
         with self._lock, self._db:
