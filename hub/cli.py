@@ -11,7 +11,9 @@ import re
 import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser("costs", help="the cost ledger: per layer today, this week, this month, and the saving")
     co.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
     co.add_argument("--json", action="store_true")
+
+    de = sub.add_parser("deferred", help="requests waiting for a cleaner window, and their outcomes for a day")
+    de.add_argument("request_id", nargs="?", help="one request, with its outcome once done")
+    de.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
+    de.add_argument("--json", action="store_true")
 
     ru = sub.add_parser("rules", help="compiled patterns: list, approve or disable")
     ru.add_argument("action", choices=["list", "approve", "disable"])
@@ -172,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             return _show(args, "/api/energy", format_energy)
         if args.command == "costs":
             return _show(args, "/api/costs", format_costs)
+        if args.command == "deferred":
+            if args.request_id:
+                return _show(args, f"/api/deferred/{urllib.parse.quote(args.request_id, safe='')}", format_deferred_one)
+            return _show(args, "/api/deferred", lambda data: format_deferred(data["deferred"]))
         if args.command == "rules":
             return _cmd_rules(args)
         if args.command in ("infer", "route"):
@@ -330,8 +341,6 @@ def format_energy(snap: dict[str, Any]) -> str:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from .simulate import POLICIES, format_table, simulate
     data = Path(__file__).resolve().parent.parent / "plugins" / "replay" / "data"
     policies = tuple(args.policy) if args.policy else POLICIES
@@ -561,6 +570,32 @@ def format_costs(report: dict[str, Any]) -> str:
                          f"mean {v['mean_latency_ms']:.0f} ms")
     cache = report.get("cache", {})
     lines.append(f"cache: {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
+    return "\n".join(lines)
+
+
+def _clock(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_deferred(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no deferred requests"
+    rows = [("ID", "TASK", "STATE", "RUNS AT", "DEADLINE", "ANSWER TO")]
+    rows += [(d["id"], d["task"], d["state"], _clock(d["run_at"]) if d["state"] == "waiting" else "-",
+              _clock(d["deadline"]), d["reply_topic"] or "HTTP (by id)") for d in items]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def format_deferred_one(d: dict[str, Any]) -> str:
+    lines = [f"{d['id']}: {d['task']}, {d['state']}; deadline {_clock(d['deadline'])}"]
+    if d["state"] == "waiting":
+        lines.append(f"runs at {_clock(d['run_at'])}")
+    out = d.get("outcome")
+    if out is not None:
+        lines.append(f"finished {_clock(d.get('finished_at'))}: " + (
+            f"{out.get('output')!r} via {(out.get('served_by') or {}).get('model')}" if out.get("ok")
+            else f"failed: {(out.get('error') or {}).get('message')}"))
     return "\n".join(lines)
 
 

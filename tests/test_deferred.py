@@ -18,6 +18,7 @@ from hub.energy.model import ForecastPoint
 from .conftest import wait_for
 from .test_commands import client, get, v5_props
 from .test_dispatch import fleet, post
+from .test_http_cli import _cli
 
 
 def _dirty_now_clean_later(hub: Any, clean_from: float) -> None:
@@ -78,6 +79,12 @@ async def test_a_restart_does_not_lose_deferred_requests(mosquitto: Any, make_hu
             assert status == 200 and doc["state"] == "done" and doc["outcome"]["output"] == "nightly digest"
             status, doc = await _get(hub, "/api/deferred/never-seen")
             assert status == 404 and doc["error"]["code"] == "unknown_request"
+            listing = await asyncio.to_thread(_cli, "deferred", "--url", hub.http_url)
+            assert listing.returncode == 0, listing.stderr
+            assert "mqtt-batch" in listing.stdout and "sovereign/phone/replies" in listing.stdout
+            assert "http-batch" in listing.stdout and "HTTP (by id)" in listing.stdout
+            one = await asyncio.to_thread(_cli, "deferred", "http-batch", "--url", hub.http_url)
+            assert one.returncode == 0 and "'index my notes' via echo" in one.stdout, one.stdout + one.stderr
         # A third life has nothing left to resume.
         async with make_hub(mosquitto.url, zeroconf={"enabled": False}, dispatch={"resume_after_s": 0}) as hub:
             assert hub.dispatcher.store.waiting() == []
