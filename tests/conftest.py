@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from hub.broker import free_port, port_in_use
 from hub.config import parse_config
@@ -29,6 +30,19 @@ from hub.runtime import Hub
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application, shutdown_timeout: float = 60.0) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port (a stand-in for a service that cannot run here);
+    yields its base URL, ``http://127.0.0.1:PORT``."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 class Mosquitto:

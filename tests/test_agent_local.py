@@ -15,6 +15,7 @@ from hub.agent.hardware import detect_hardware, detect_power, nvidia_gpu
 from hub.capability import PowerSource, Tier
 from hub.config import BrokerUrl
 
+from .conftest import serve_app
 from .test_plugins import OLLAMA_TAGS
 
 
@@ -65,18 +66,13 @@ async def test_agent_lists_local_ollama_models(tmp_path: Path) -> None:
         return web.json_response(OLLAMA_TAGS)
 
     app.router.add_get("/api/tags", tags)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
+    async with serve_app(app) as url:
         opts = AgentOptions(broker=BrokerUrl.parse("mqtt://127.0.0.1:1"), device_id="box", name="box",
-                            ollama_host=f"http://127.0.0.1:{runner.addresses[0][1]}", mqtt=False, zeroconf=False)
+                            ollama_host=url, mqtt=False, zeroconf=False)
         cap = await Agent(opts).build_capability()
         assert {m.name for m in cap.models if m.runtime == "ollama"} == {
             "deepseek-r1:latest", "llama3.2:latest", "nomic-embed-text:latest"}
         assert cap.tier is Tier.small  # no GPU on this machine
-    finally:
-        await runner.cleanup()
 
 
 async def test_unreachable_ollama_does_not_stop_the_agent() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from .conftest import AgentProc, wait_for
+from .conftest import AgentProc, serve_app, wait_for
 from .test_dispatch import fleet, post
 
 PRICES = {"router": {"cloud_prices": {"claude-haiku-4-5": {"input_per_mtok": 1.0, "output_per_mtok": 5.0},
@@ -44,13 +44,9 @@ async def anthropic() -> AsyncIterator[dict[str, Any]]:
 
     app = web.Application()
     app.router.add_post("/v1/messages", messages)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state["url"] = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield state
-    await runner.cleanup()
+    async with serve_app(app) as url:
+        state["url"] = url
+        yield state
 
 
 def cloud_agent(broker_url: str, api_url: str) -> AgentProc:

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .conftest import wait_for
+from .conftest import serve_app, wait_for
 
 
 def half_hours(n: int, values: Callable[[int], float], actual: float | None = None) -> list[dict[str, Any]]:
@@ -38,13 +38,8 @@ async def serve(routes: dict[str, Callable[[web.Request], Any]]) -> AsyncIterato
     app = web.Application()
     for path, handler in routes.items():
         app.router.add_get(path, handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 FAST = {"poll_interval_s": 1, "timeout_s": 0.4, "retries": 0}

@@ -33,6 +33,8 @@ from hub.agent.executors.base import ExecError, InferCall
 from hub.agent.executors.cloud import CloudExecutor, cloud_models_available, provider_for
 from hub.capability import ModelSpec
 
+from .conftest import serve_app
+
 KEY = "test-key-123"
 KNOWN = {"claude-test", "claude-ratelimit-once", "claude-ratelimit", "claude-ratelimit-long", "claude-error500",
          "claude-overloaded", "claude-garbled", "claude-shapeless", "claude-slow",
@@ -223,17 +225,10 @@ def make_app(up: Upstream) -> web.Application:
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     up = Upstream()
-    runner = web.AppRunner(make_app(up), shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    up.anthropic_base = f"http://127.0.0.1:{port}/anthropic"
-    up.openai_base = f"http://127.0.0.1:{port}/openai/v1"
-    try:
+    async with serve_app(make_app(up), shutdown_timeout=0.1) as url:
+        up.anthropic_base = f"{url}/anthropic"
+        up.openai_base = f"{url}/openai/v1"
         yield up
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

@@ -36,6 +36,8 @@ from hub.agent.executors.base import ExecError, InferCall
 from hub.agent.executors.ollama import DEFAULT_HOST, OllamaExecutor
 from hub.capability import ModelSpec
 
+from .conftest import serve_app
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # --- documented payloads ---------------------------------------------------------------------------
@@ -136,17 +138,12 @@ def make_app(state: FakeOllama) -> web.Application:
 @pytest.fixture
 async def server() -> AsyncIterator[FakeOllama]:
     state = FakeOllama()
-    runner = web.AppRunner(make_app(state), shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.url = f"http://127.0.0.1:{port}"
-    try:
-        yield state
-    finally:
-        state.release.set()
-        await runner.cleanup()
+    async with serve_app(make_app(state), shutdown_timeout=1.0) as url:
+        state.url = url
+        try:
+            yield state
+        finally:
+            state.release.set()  # handlers held back by a test end before the server stops
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import AgentProc, wait_for
+from .conftest import AgentProc, serve_app, wait_for
 from .test_dispatch import post
 from .test_exec_ollama import CHAT_ANSWER, STREAM_PIECES, FakeOllama, make_app
 
@@ -34,14 +34,10 @@ async def ollama() -> AsyncIterator[FakeOllama]:
         return web.json_response(TAGS)
 
     app.router.add_get("/api/tags", tags)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield state
-    state.release.set()
-    await runner.cleanup()
+    async with serve_app(app, shutdown_timeout=1.0) as url:
+        state.url = url
+        yield state
+        state.release.set()
 
 
 async def test_agent_serves_its_ollama_models(mosquitto: Any, make_hub: Any, ollama: FakeOllama) -> None:
