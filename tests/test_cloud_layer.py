@@ -13,6 +13,7 @@ import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -56,70 +57,68 @@ def cloud_agent(broker_url: str, api_url: str) -> AgentProc:
     return AgentProc(argv, device_id, env={"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": api_url})
 
 
+@asynccontextmanager
+async def with_cloud(hub: Any, broker_url: str, api_url: str, spawn_agent: Any,
+                     *local: tuple[str, tuple[str, ...]]) -> AsyncIterator[tuple[AgentProc, list[Any]]]:
+    """A cloud agent (against the stand-in API) and local agents, all online in the hub's fleet."""
+    cloud = cloud_agent(broker_url, api_url)
+    try:
+        procs = await fleet(hub, spawn_agent, broker_url, *local)
+        await wait_for(lambda: (r := hub.registry.get(cloud.device_id)) and r.online, 20, what="cloud agent")
+        hub._fleet = None
+        yield cloud, procs
+    finally:
+        cloud.terminate()
+
+
 async def test_local_failure_escalates_to_the_cloud(mosquitto: Any, make_hub: Any, spawn_agent: Any,
                                                     anthropic: dict[str, Any]) -> None:
-    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, **PRICES) as hub:
-        cloud = cloud_agent(mosquitto.url, anthropic["url"])
-        try:
-            [laptop] = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ("--seed", "3")))
-            await wait_for(lambda: (r := hub.registry.get(cloud.device_id)) and r.online, 20, what="cloud agent")
-            hub._fleet = None
-            body = {"task": "qa", "text": "what is the capital of France?", "budget_ms": 8000}
-            _, dry = await post(hub, "/api/route", body)
-            assert dry["chosen"]["device"] == laptop.device_id, dry
-            assert any(c["device"] == cloud.device_id for c in dry["chain"])
-            call = asyncio.create_task(post(hub, "/api/infer", body))
-            await wait_for(lambda: hub.dispatcher.counts["requests"] == 1, 5)
-            await asyncio.sleep(0.1)
-            laptop.kill()
-            status, out = await call
-            assert status == 200 and out["ok"], out
-            assert out["served_by"]["device"] == cloud.device_id and out["output"] == "Paris is the capital of France."
-            assert [a["ok"] for a in out["attempts"]] == [False, True]
-            assert out["cost"] > 0 and len(anthropic["calls"]) == 1
-            assert anthropic["calls"][0]["messages"] == [{"role": "user", "content": body["text"]}]
-        finally:
-            cloud.terminate()
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, **PRICES) as hub, \
+            with_cloud(hub, mosquitto.url, anthropic["url"], spawn_agent,
+                       ("laptop", ("--seed", "3"))) as (cloud, [laptop]):
+        body = {"task": "qa", "text": "what is the capital of France?", "budget_ms": 8000}
+        _, dry = await post(hub, "/api/route", body)
+        assert dry["chosen"]["device"] == laptop.device_id, dry
+        assert any(c["device"] == cloud.device_id for c in dry["chain"])
+        call = asyncio.create_task(post(hub, "/api/infer", body))
+        await wait_for(lambda: hub.dispatcher.counts["requests"] == 1, 5)
+        await asyncio.sleep(0.1)
+        laptop.kill()
+        status, out = await call
+        assert status == 200 and out["ok"], out
+        assert out["served_by"]["device"] == cloud.device_id and out["output"] == "Paris is the capital of France."
+        assert [a["ok"] for a in out["attempts"]] == [False, True]
+        assert out["cost"] > 0 and len(anthropic["calls"]) == 1
+        assert anthropic["calls"][0]["messages"] == [{"role": "user", "content": body["text"]}]
 
 
 async def test_local_only_never_reaches_the_cloud(mosquitto: Any, make_hub: Any, spawn_agent: Any,
                                                   anthropic: dict[str, Any]) -> None:
-    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, **PRICES) as hub:
-        cloud = cloud_agent(mosquitto.url, anthropic["url"])
-        try:
-            [laptop] = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ()))
-            await wait_for(lambda: (r := hub.registry.get(cloud.device_id)) and r.online, 20, what="cloud agent")
-            hub._fleet = None
-            private = {"task": "qa", "text": "summarise my medical notes", "local_only": True, "budget_ms": 8000}
-            status, out = await post(hub, "/api/infer", private)
-            assert status == 200 and out["served_by"]["device"] == laptop.device_id
-            laptop.kill()
-            await wait_for(lambda: not hub.registry.get(laptop.device_id).online, 10)
-            hub._fleet = None
-            status, out = await post(hub, "/api/infer", {**private, "id": "private-2"})
-            assert status == 503 and out["error"]["code"] == "no_route", out
-            assert any("local_only" in r for r in out["reasons"])
-            assert anthropic["calls"] == [], "a local_only request reached the cloud"
-        finally:
-            cloud.terminate()
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, **PRICES) as hub, \
+            with_cloud(hub, mosquitto.url, anthropic["url"], spawn_agent, ("laptop", ())) as (cloud, [laptop]):
+        private = {"task": "qa", "text": "summarise my medical notes", "local_only": True, "budget_ms": 8000}
+        status, out = await post(hub, "/api/infer", private)
+        assert status == 200 and out["served_by"]["device"] == laptop.device_id
+        laptop.kill()
+        await wait_for(lambda: not hub.registry.get(laptop.device_id).online, 10)
+        hub._fleet = None
+        status, out = await post(hub, "/api/infer", {**private, "id": "private-2"})
+        assert status == 503 and out["error"]["code"] == "no_route", out
+        assert any("local_only" in r for r in out["reasons"])
+        assert anthropic["calls"] == [], "a local_only request reached the cloud"
 
 
 async def test_consensus_on_text_is_judged_by_the_large_model(mosquitto: Any, make_hub: Any, spawn_agent: Any,
                                                               anthropic: dict[str, Any]) -> None:
-    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, **PRICES) as hub:
-        cloud = cloud_agent(mosquitto.url, anthropic["url"])
-        try:
-            await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ()), ("gpu-box", ()))
-            await wait_for(lambda: (r := hub.registry.get(cloud.device_id)) and r.online, 20, what="cloud agent")
-            hub._fleet = None
-            status, out = await post(hub, "/api/infer", {"task": "qa", "text": "what is the capital of France?",
-                                                         "mode": "consensus", "budget_ms": 9000})
-            assert status == 200 and out["ok"], out
-            members = out["attempts"][:-1]
-            assert len({a["device"] for a in members}) == 3 and all(a["ok"] for a in members)
-            assert out["output"] == "Paris is the capital of France."
-            assert any("judged answer" in r for r in out["reasons"]), out["reasons"]
-            judge_call = anthropic["calls"][-1]["messages"][0]["content"]
-            assert "Which answer is best?" in judge_call and "[simulated]" in judge_call
-        finally:
-            cloud.terminate()
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, **PRICES) as hub, \
+            with_cloud(hub, mosquitto.url, anthropic["url"], spawn_agent,
+                       ("laptop", ()), ("gpu-box", ())):
+        status, out = await post(hub, "/api/infer", {"task": "qa", "text": "what is the capital of France?",
+                                                     "mode": "consensus", "budget_ms": 9000})
+        assert status == 200 and out["ok"], out
+        members = out["attempts"][:-1]
+        assert len({a["device"] for a in members}) == 3 and all(a["ok"] for a in members)
+        assert out["output"] == "Paris is the capital of France."
+        assert any("judged answer" in r for r in out["reasons"]), out["reasons"]
+        judge_call = anthropic["calls"][-1]["messages"][0]["content"]
+        assert "Which answer is best?" in judge_call and "[simulated]" in judge_call
