@@ -9,6 +9,8 @@ import json
 import queue
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -20,17 +22,23 @@ from .conftest import wait_for
 from .test_dispatch import fleet
 
 
-def client(port: int, protocol: int, reply_topic: str) -> tuple[paho.Client, "queue.Queue[paho.MQTTMessage]"]:
+@contextmanager
+def client(port: int, protocol: int, reply_topic: str) -> Iterator[tuple[paho.Client, "queue.Queue[paho.MQTTMessage]"]]:
+    """A paho client subscribed to ``reply_topic``, its messages in a queue; disconnected on exit."""
     q: queue.Queue[paho.MQTTMessage] = queue.Queue()
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"cmd-{uuid.uuid4().hex[:6]}", protocol=protocol)
     c.on_message = lambda _c, _u, m: q.put(m)
     c.connect("127.0.0.1", port)
     c.loop_start()
-    subscribed = queue.Queue()  # type: ignore[var-annotated]
-    c.on_subscribe = lambda *a: subscribed.put(True)
-    c.subscribe(reply_topic, qos=1)
-    subscribed.get(timeout=5)
-    return c, q
+    try:
+        subscribed = queue.Queue()  # type: ignore[var-annotated]
+        c.on_subscribe = lambda *a: subscribed.put(True)
+        c.subscribe(reply_topic, qos=1)
+        subscribed.get(timeout=5)
+        yield c, q
+    finally:
+        c.loop_stop()
+        c.disconnect()
 
 
 async def get(q: "queue.Queue[paho.MQTTMessage]", timeout: float = 10) -> paho.MQTTMessage:
@@ -47,8 +55,7 @@ def v5_props(reply_topic: str, corr: bytes) -> Properties:
 async def test_mqtt5_command_with_correlation_and_streaming(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
         [agent] = await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
-        c, q = client(mosquitto.port, paho.MQTTv5, "sovereign/phone/replies")
-        try:
+        with client(mosquitto.port, paho.MQTTv5, "sovereign/phone/replies") as (c, q):
             c.publish("sovereign/cmd/infer", json.dumps({"task": "echo", "text": "ping"}), qos=1,
                       properties=v5_props("sovereign/phone/replies", b"corr-1"))
             msg = await get(q)
@@ -71,23 +78,16 @@ async def test_mqtt5_command_with_correlation_and_streaming(mosquitto: Any, make
             assert [c_["seq"] for c_ in chunks] == list(range(len(chunks))) and len(chunks) > 3
             assert "".join(c_["chunk"] for c_ in chunks) == final["result"]["output"]
             assert final["id"] == "s1" and final["result"]["served_by"]["device"] == laptop.device_id
-        finally:
-            c.loop_stop()
-            c.disconnect()
 
 
 async def test_mqtt311_client_names_reply_to_in_the_payload(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
         await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
-        c, q = client(mosquitto.port, paho.MQTTv311, "sovereign/satellite/replies")
-        try:
+        with client(mosquitto.port, paho.MQTTv311, "sovereign/satellite/replies") as (c, q):
             c.publish("sovereign/cmd/infer", json.dumps({"task": "echo", "text": "old client", "id": "v311-1",
                                                          "reply_to": "sovereign/satellite/replies"}), qos=1)
             body = json.loads((await get(q)).payload)
             assert body["id"] == "v311-1" and body["ok"] and body["result"]["output"] == "old client"
-        finally:
-            c.loop_stop()
-            c.disconnect()
 
 
 async def test_mosquitto_rr(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
@@ -106,8 +106,7 @@ async def test_mosquitto_rr(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> 
 async def test_bad_commands(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
         await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
-        c, q = client(mosquitto.port, paho.MQTTv5, "#")
-        try:
+        with client(mosquitto.port, paho.MQTTv5, "#") as (c, q):
             def send(payload: str | bytes, reply: str | None = "sovereign/x/replies") -> None:
                 props = v5_props(reply, b"c") if reply else None
                 c.publish("sovereign/cmd/infer", payload, qos=1, properties=props)
@@ -136,6 +135,3 @@ async def test_bad_commands(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> 
             send(json.dumps({"task": "echo", "text": "still here"}))
             body = await reply_on("sovereign/x/replies")
             assert body["ok"] and body["result"]["output"] == "still here"
-        finally:
-            c.loop_stop()
-            c.disconnect()

@@ -35,8 +35,7 @@ async def _get(hub: Any, path: str) -> tuple[int, Any]:
 
 async def test_a_restart_does_not_lose_deferred_requests(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     deadline = time.time() + 1800
-    c, replies = client(mosquitto.port, paho.MQTTv5, "sovereign/phone/replies")
-    try:
+    with client(mosquitto.port, paho.MQTTv5, "sovereign/phone/replies") as (c, replies):
         async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
             [agent] = await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
             _dirty_now_clean_later(hub, time.time() + 600)
@@ -88,9 +87,6 @@ async def test_a_restart_does_not_lose_deferred_requests(mosquitto: Any, make_hu
         # A third life has nothing left to resume.
         async with make_hub(mosquitto.url, zeroconf={"enabled": False}, dispatch={"resume_after_s": 0}) as hub:
             assert hub.dispatcher.store.waiting() == []
-    finally:
-        c.loop_stop()
-        c.disconnect()
 
 
 def test_store_keeps_the_reply_route_and_drops_old_outcomes(tmp_path: Any) -> None:
@@ -100,7 +96,8 @@ def test_store_keeps_the_reply_route_and_drops_old_outcomes(tmp_path: Any) -> No
     store.close()
     store = DeferredStore(tmp_path / "deferred.sqlite3")
     [w] = store.waiting()
-    assert w.request == req and w.run_at == 1_900_000_000.0 and w.reply == ReplyRoute("sovereign/x/replies", b"\x00corr")
+    assert w.request == req and w.run_at == 1_900_000_000.0
+    assert w.reply == ReplyRoute("sovereign/x/replies", b"\x00corr")
     store.finish("r1", {"ok": True}, now=1_000.0)
     assert store.waiting() == [] and store.get("r1")["outcome"] == {"ok": True}
     store.add(InferRequest(id="r2", task="qa", text="?", deadline=3.0), 2.0, None)
