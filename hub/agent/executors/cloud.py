@@ -218,10 +218,9 @@ class CloudExecutor:
         return min(max(value, 0.0), self.max_retry_after_s)
 
     async def _anthropic_stream(self, resp: aiohttp.ClientResponse, emit: Emit, started: float) -> InferResult:
-        parts: list[str] = []
+        answer = _Streamed(emit, started)
         tokens_in: int | None = None
         tokens_out: int | None = None
-        first_ms: float | None = None
         async for event, data in _sse(resp, "anthropic"):
             if event == "ping":
                 continue
@@ -244,26 +243,20 @@ class CloudExecutor:
                     text = delta.get("text")
                     if not isinstance(text, str):
                         raise ExecError("upstream", f"anthropic text_delta without text: {data[:MAX_ERROR_TEXT]}")
-                    if text:
-                        if first_ms is None:
-                            first_ms = (time.perf_counter() - started) * 1000
-                        parts.append(text)
-                        await emit(text)
+                    await answer.add(text)
             elif kind == "message_delta":
                 usage = doc.get("usage")
                 if isinstance(usage, dict):  # cumulative counts: the last one wins
                     tokens_out = _int(usage.get("output_tokens"), tokens_out)
                     tokens_in = _int(usage.get("input_tokens"), tokens_in)
             elif kind == "message_stop":
-                stats = {"first_token_ms": first_ms} if first_ms is not None else {}
-                return InferResult(output="".join(parts), tokens_in=tokens_in, tokens_out=tokens_out, stats=stats)
+                return answer.result(tokens_in, tokens_out)
         raise ExecError("upstream", "anthropic stream ended before message_stop")
 
     async def _openai_stream(self, resp: aiohttp.ClientResponse, emit: Emit, started: float) -> InferResult:
-        parts: list[str] = []
+        answer = _Streamed(emit, started)
         tokens_in: int | None = None
         tokens_out: int | None = None
-        first_ms: float | None = None
         finished = False
         async for _event, data in _sse(resp, "openai"):
             if data.strip() == "[DONE]":
@@ -289,16 +282,33 @@ class CloudExecutor:
             if text is not None and not isinstance(text, str):
                 raise ExecError("upstream", f"openai delta content is not text: {data[:MAX_ERROR_TEXT]}")
             if text:
-                if first_ms is None:
-                    first_ms = (time.perf_counter() - started) * 1000
-                parts.append(text)
-                await emit(text)
+                await answer.add(text)
             if choice.get("finish_reason"):
                 finished = True  # some compatible servers close without [DONE]
         if not finished:
             raise ExecError("upstream", "openai stream ended before [DONE]")
-        stats = {"first_token_ms": first_ms} if first_ms is not None else {}
-        return InferResult(output="".join(parts), tokens_in=tokens_in, tokens_out=tokens_out, stats=stats)
+        return answer.result(tokens_in, tokens_out)
+
+
+class _Streamed:
+    """A streamed answer as it arrives: pieces passed on to the caller, the time to the first."""
+
+    def __init__(self, emit: Emit, started: float) -> None:
+        self.emit, self.started = emit, started
+        self.parts: list[str] = []
+        self.first_ms: float | None = None
+
+    async def add(self, text: str) -> None:
+        if not text:
+            return
+        if self.first_ms is None:
+            self.first_ms = (time.perf_counter() - self.started) * 1000
+        self.parts.append(text)
+        await self.emit(text)
+
+    def result(self, tokens_in: int | None, tokens_out: int | None) -> InferResult:
+        stats = {"first_token_ms": self.first_ms} if self.first_ms is not None else {}
+        return InferResult(output="".join(self.parts), tokens_in=tokens_in, tokens_out=tokens_out, stats=stats)
 
 
 # -- parsing helpers -------------------------------------------------------------------------------
