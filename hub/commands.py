@@ -65,14 +65,16 @@ class Commands:
 
     async def _resume(self, w: Waiting) -> None:
         hub = self.hub
-        hub.dispatcher.resuming(w.request.id)
         await asyncio.sleep(hub.config.dispatch.resume_after_s)
         reply = self._reply(w.reply.topic, w.reply.correlation) if w.reply else None
         try:
-            body = _response(await hub.dispatcher.infer(w.request, reply=w.reply))
+            outcome = await hub.dispatcher.infer(w.request, reply=w.reply)
+            body, doc = _response(outcome), outcome.to_dict()
         except RequestError as exc:  # its requester is gone from the registry, say
             body = RpcResponse(id=w.request.id, ok=False, error=RpcErrorBody(code=exc.code, message=exc.message))
-            await asyncio.to_thread(hub.dispatcher.store.finish, w.request.id, body.model_dump(exclude_none=True))
+            doc = body.model_dump(exclude_none=True)
+        # A hub stopping meanwhile cancels this before here: the request stays waiting.
+        await asyncio.to_thread(hub.dispatcher.store.finish, w.request.id, doc)
         log.info("resumed deferred request %s: %s", w.request.id, "ok" if body.ok else body.error)
         if reply is not None:
             await reply(body.model_dump_json(exclude_none=True))

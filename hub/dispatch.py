@@ -114,7 +114,7 @@ class Dispatcher:
         self.cfg = cfg
         self.store = store
         self.deferred: dict[str, float] = {}  # request id -> run at
-        self._written: set[str] = set()  # request ids in the store, whose outcome it keeps
+        self._written: set[str] = set()  # ids this process deferred: their outcomes go to the store
         self.counts: collections.Counter[str] = collections.Counter()
 
     def check(self, req: InferRequest) -> None:
@@ -166,10 +166,6 @@ class Dispatcher:
         hub.record(f"route.{layer}.cost", now, out.cost)
         hub.record(f"route.{layer}.gco2", now, out.gco2)
         hub.record(f"route.{layer}.joules", now, out.joules)
-
-    def resuming(self, request_id: str) -> None:
-        """A request read back from the store after a restart: its outcome goes to the store."""
-        self._written.add(request_id)
 
     async def _infer(self, req: InferRequest, emit: OnChunk | None, started: float,
                      reply: ReplyRoute | None) -> InferOutcome:
