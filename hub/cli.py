@@ -547,6 +547,12 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _columns(rows: list[tuple[Any, ...]]) -> list[str]:
+    """Rows as lines of left-aligned columns two spaces apart (the first row is the header)."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
 def format_rules(data: dict[str, Any]) -> str:
     rows = [("ID", "STATE", "TASK", "SEEN", "HITS", "INPUT", "ANSWER")]
     for r in data["rules"]:
@@ -554,8 +560,7 @@ def format_rules(data: dict[str, Any]) -> str:
                      json.dumps(r["answer"])[:40]))
     if len(rows) == 1:
         return "(no compiled patterns yet)"
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join(_columns(rows))
 
 
 def format_costs(report: dict[str, Any]) -> str:
@@ -583,8 +588,7 @@ def format_deferred(items: list[dict[str, Any]]) -> str:
     rows = [("ID", "TASK", "STATE", "RUNS AT", "DEADLINE", "ANSWER TO")]
     rows += [(d["id"], d["task"], d["state"], _clock(d["run_at"]) if d["state"] == "waiting" else "-",
               _clock(d["deadline"]), d["reply_topic"] or "HTTP (by id)") for d in items]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join(_columns(rows))
 
 
 def format_deferred_one(d: dict[str, Any]) -> str:
@@ -610,8 +614,7 @@ def format_device_table(devices: list[dict[str, Any]]) -> str:
             power.get("source", "?"), "-" if battery is None else f"{battery:.0f}%",
             ", ".join(m["name"] for m in cap.get("models", [])) or "-", ",".join(d["sources"]),
         ))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = _columns(rows)
     if len(rows) == 1:
         lines.append("(no devices yet)")
     return "\n".join(lines)
