@@ -119,7 +119,11 @@ class ModelSpec(_Strict):
         default=None, ge=0, le=10_000, description="Language models: energy per generated token. The router then "
                                                    "predicts a call's energy from the answer's expected length "
                                                    "instead of energy_j_per_call")
-    max_concurrency: int = Field(default=1, ge=1, le=1024)
+    max_concurrency: int = Field(default=1, ge=1, le=1024, description="Calls run at once; the hub queues the "
+                                                                      "rest, the device refuses them as busy")
+    max_text_chars: int | None = Field(default=None, ge=1, description="Longest text input the model takes "
+                                                                       "(characters); the hub sends longer ones "
+                                                                       "elsewhere, or refuses them (413)")
     quality: float | None = Field(default=None, ge=0, le=1, description="Expected quality 0..1 for its tasks")
     task_quality: dict[TaskName, Annotated[float, Field(ge=0, le=1)]] | None = Field(
         default=None, description="Expected quality for the tasks where it differs from `quality` (a model that "

@@ -4,7 +4,11 @@
 compiled pattern or the cache when it can, otherwise routes it (the pure router) and sends it to
 the first candidate over MQTT RPC, escalating along the decision's chain on a timeout, an error
 or a confidence below the request's quality floor. Consensus requests fan out to the plan's
-members in parallel and aggregate. Every attempt becomes an outcome for the router's stats and
+members in parallel and aggregate. The hub holds each (device, model)'s announced
+``max_concurrency`` as slots (:class:`Slots`): a request takes a free one along the chain or
+waits in a bounded queue while that fits its budget, and is refused ``overloaded`` otherwise;
+a device's ``busy`` refusal is back-pressure and an invalid request the caller's error, neither
+the device's failure. Every attempt becomes an outcome for the router's stats and
 a ledger entry; every success is offered to the cache and to the compiled-pattern detector.
 Deferrable requests (with a deadline) wait for the window the energy forecast picks; they are
 written down while they wait (hub/deferred.py) and resumed after a restart.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,7 +34,7 @@ from .router.model import Candidate, RouteDecision, TaskRequest
 from .router.plan import plan_consensus, plan_deferral
 from .router.route import cloud_counterfactual, route
 from .router.stats import Outcome
-from .rpc import MAX_TIMEOUT_MS
+from .rpc import BACKPRESSURE_ERRORS, CALLER_ERRORS, MAX_TIMEOUT_MS, RpcErrorBody
 from .live import TaskCompleted
 from .rpc_client import OnChunk
 
@@ -77,7 +82,7 @@ class InferOutcome:
     cached: bool = False
     simulated: bool = False
     attempts: list[Attempt] = field(default_factory=list)
-    error: dict[str, str] | None = None
+    error: dict[str, Any] | None = None  # code, message; retry_after_s when overloaded
     reasons: list[str] = field(default_factory=list)
     deferred_s: float = 0.0
     votes: dict[str, int] | None = None
@@ -108,6 +113,73 @@ class RequestError(ValueError):
         self.code, self.message, self.status = code, message, status
 
 
+class Slots:
+    """One (device, model)'s announced max_concurrency, held at the hub: calls beyond it wait
+    here in order instead of being sent to a device that would refuse them ``busy``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.active = 0
+        self.paused_until = 0.0  # monotonic: a rate_limited refusal's retry_after_s
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_until > time.monotonic()
+
+    def try_acquire(self) -> bool:
+        if self.active >= self.capacity or self._waiters or self.paused:
+            return False
+        self.active += 1
+        return True
+
+    def wait_ms(self, p50_ms: float) -> float:
+        """Expected wait for a slot when joining the queue now (its calls just started: pessimistic)."""
+        if self.active < self.capacity and not self._waiters:
+            return 0.0
+        return (self.waiting // self.capacity + 1) * p50_ms
+
+    async def acquire(self, timeout_s: float) -> bool:
+        """Wait in line for a slot; False when none came within ``timeout_s``."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                await fut
+        except BaseException as exc:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot just as it gave up: pass it on
+            elif fut in self._waiters:
+                self._waiters.remove(fut)
+            if isinstance(exc, TimeoutError):
+                return False
+            raise
+        return True
+
+    def release(self) -> None:
+        if not self._wake_next():
+            self.active -= 1
+
+    def resize(self, capacity: int) -> None:
+        """The device re-announced another max_concurrency."""
+        self.capacity = capacity
+        while self.active < capacity and self._wake_next():
+            self.active += 1
+
+    def _wake_next(self) -> bool:
+        """Hand a slot to the first live waiter (the slot passes on; ``active`` is unchanged)."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return True
+        return False
+
+
 class Dispatcher:
     def __init__(self, hub: "Hub", cfg: DispatchConfig, store: DeferredStore) -> None:
         self.hub = hub
@@ -116,12 +188,20 @@ class Dispatcher:
         self.deferred: dict[str, float] = {}  # request id -> run at
         self._written: set[str] = set()  # ids this process deferred: their outcomes go to the store
         self.counts: collections.Counter[str] = collections.Counter()
+        self.slots: dict[tuple[str, str], Slots] = {}  # (device, model)
 
     def check(self, req: InferRequest) -> None:
         size = len(req.text.encode()) if req.text is not None else (len(req.data) * 3 // 4 if req.data else 0)
         if size > self.cfg.max_input_bytes:
             raise RequestError("too_large", f"input of {size} bytes exceeds the limit of {self.cfg.max_input_bytes}"
                                             " (dispatch.max_input_bytes)", 413)
+        if req.text is not None:
+            # Refused here rather than by every device in turn: no model of the task takes it.
+            limits = [e.model.max_text_chars for e in self.hub.fleet().by_task.get(req.task, ())]
+            if limits and all(n is not None and len(req.text) > n for n in limits):
+                raise RequestError("too_large", f"text of {len(req.text)} characters exceeds what every {req.task} "
+                                                f"model announced it takes (at most {max(n or 0 for n in limits)})",
+                                   413)
         if req.requester is not None and self.hub.registry.get(req.requester) is None:
             raise RequestError("unknown_device", f"requester {req.requester!r} is not a known device")
 
@@ -219,6 +299,58 @@ class Dispatcher:
             self.deferred.pop(req.id, None)
         return time.time() - began
 
+    def _slots(self, cand: Candidate) -> Slots:
+        slots = self.slots.get((cand.device_id, cand.model))
+        if slots is None:
+            slots = self.slots[(cand.device_id, cand.model)] = Slots(cand.concurrency)
+        elif slots.capacity != cand.concurrency:
+            slots.resize(cand.concurrency)
+        return slots
+
+    async def _take(self, cands: list[Candidate], until: float) -> tuple[Candidate, Slots] | None:
+        """A free slot on the first candidate in the chain's order that has one; otherwise a
+        place in the queue expected to finish first, if that fits before ``until`` (the request's
+        budget, monotonic). None when no candidate can take it in time: overloaded."""
+        while True:
+            best: tuple[float, Candidate, Slots] | None = None
+            for cand in cands:
+                slots = self._slots(cand)
+                if slots.try_acquire():
+                    return cand, slots
+                if slots.paused or slots.waiting >= slots.capacity * self.cfg.queue_per_slot:
+                    continue
+                finish = time.monotonic() + (slots.wait_ms(cand.p50_ms) + cand.p50_ms) / 1000
+                if finish <= until and (best is None or finish < best[0]):
+                    best = (finish, cand, slots)
+            if best is None:
+                return None
+            _, cand, slots = best
+            if await slots.acquire(until - time.monotonic() - cand.p50_ms / 1000):
+                return cand, slots
+
+    def _overloaded(self, req: InferRequest, cands: tuple[Candidate, ...] | list[Candidate]) -> dict[str, Any]:
+        """The error of a request no candidate could take, with when a slot should be free."""
+        now = time.monotonic()
+        waits = [max(s.paused_until - now, s.wait_ms(c.p50_ms) / 1000) for c in cands for s in (self._slots(c),)]
+        retry = float(max(1, math.ceil(min(waits, default=1.0))))
+        self.counts["overloaded"] += 1
+        return {"code": "overloaded", "retry_after_s": retry,
+                "message": f"no device can take it within its {req.budget_ms:.0f} ms budget: every slot is taken "
+                           f"and the queues are full or too long; retry in {retry:.0f} s"}
+
+    async def _slotted(self, req: InferRequest, cand: Candidate, until: float
+                       ) -> tuple[dict[str, Any] | None, Attempt, RpcErrorBody | None]:
+        """One attempt on one candidate, within its slots (consensus members, the judge)."""
+        taken = await self._take([cand], until)
+        if taken is None:
+            err = RpcErrorBody(code="overloaded", message="no free slot within the budget")
+            return None, Attempt(cand.device_id, cand.model, cand.tier.value, False, 0.0,
+                                 f"{err.code}: {err.message}"), err
+        try:
+            return await self._attempt(req, cand, None)
+        finally:
+            taken[1].release()
+
     async def _chain(self, req: InferRequest, decision: RouteDecision, emit: OnChunk | None,
                      reasons: list[str]) -> InferOutcome:
         out = InferOutcome(req.id, req.task, False, reasons=reasons)
@@ -230,9 +362,36 @@ class Dispatcher:
             assert emit is not None
             await emit(chunk)
 
-        for cand in decision.chain[:self.cfg.max_attempts]:
-            answer, attempt = await self._attempt(req, cand, forward if emit else None)
+        until = time.monotonic() + req.budget_ms / 1000
+        left = list(decision.chain)
+        tries = 0
+        overloaded = False
+        while left and tries < self.cfg.max_attempts:
+            taken = await self._take(left, until)
+            if taken is None:
+                overloaded = True
+                break
+            cand, slots = taken
+            left.remove(cand)
+            try:
+                answer, attempt, err = await self._attempt(req, cand, forward if emit else None)
+            finally:
+                slots.release()
             out.attempts.append(attempt)
+            code = err.code if err is not None else ""
+            overloaded = code in BACKPRESSURE_ERRORS
+            if overloaded:
+                # Full (another hub's calls, an upstream's rate limit): not a failure, go on.
+                if err is not None and err.retry_after_s:
+                    slots.paused_until = time.monotonic() + err.retry_after_s
+                out.reasons.append(f"{cand.device_id}/{cand.model} refused: {attempt.error}: trying the next")
+                continue
+            if code in CALLER_ERRORS:
+                assert err is not None
+                out.error = {"code": code, "message": f"{cand.device_id} refused the request: {err.message}"}
+                out.reasons.append(f"{cand.device_id}/{cand.model}: invalid request ({code}): not escalated")
+                return out
+            tries += 1
             if answer is not None:
                 conf = answer.get("confidence")
                 if conf is not None and conf < req.quality_floor:
@@ -249,11 +408,14 @@ class Dispatcher:
             out.reasons.append(f"{cand.device_id}/{cand.model} failed: {attempt.error}")
             if streamed:
                 break  # the client has part of an answer: a second one would be spliced onto it
-        out.error = {"code": "failed", "message": "; ".join(a.error for a in out.attempts) or "no attempt"}
+        if overloaded:
+            out.error = self._overloaded(req, decision.chain)
+        else:
+            out.error = {"code": "failed", "message": "; ".join(a.error for a in out.attempts) or "no attempt"}
         return out
 
-    async def _attempt(self, req: InferRequest, cand: Candidate,
-                       emit: OnChunk | None) -> tuple[dict[str, Any] | None, Attempt]:
+    async def _attempt(self, req: InferRequest, cand: Candidate, emit: OnChunk | None
+                       ) -> tuple[dict[str, Any] | None, Attempt, RpcErrorBody | None]:
         hub = self.hub
         timeout_s = max(self.cfg.min_attempt_ms, cand.p95_ms * self.cfg.attempt_timeout_factor) / 1000
         params: dict[str, Any] = {"task": req.task, "model": cand.model, "options": req.options,
@@ -265,15 +427,19 @@ class Dispatcher:
         resp = await hub.rpc.call(cand.device_id, "infer", params, timeout_s + 0.02, request_id=req.id, on_chunk=emit)
         ms = (time.perf_counter() - t0) * 1000
         ok = resp.ok and resp.result is not None
-        error = "" if ok else f"{resp.error.code}: {resp.error.message}" if resp.error else "no result"
-        conf = resp.result.get("confidence") if ok and resp.result else None
+        err = None if ok else resp.error or RpcErrorBody(code="internal", message="no result")
+        error = f"{err.code}: {err.message}" if err is not None else ""
+        answer = resp.result if ok else None
+        if err is not None and (err.code in BACKPRESSURE_ERRORS or err.code in CALLER_ERRORS):
+            # Refused before any work: a full device or an invalid request is not its failure.
+            return None, Attempt(cand.device_id, cand.model, cand.tier.value, False, ms, error), err
+        conf = answer.get("confidence") if answer else None
         hub.stats.record(Outcome(req.id, cand.device_id, cand.model, req.task, cand.tier.value, ok, ms, time.time(),
                                  error, conf))
-        answer = resp.result if ok else None
         joules = _joules(cand, answer) if answer else 0.0
         self._ledger(req, cand.device_id, cand.model, cand.tier.value, ok, ms, joules, _gco2(cand, joules),
                      cand.cost if ok else 0.0)
-        return answer, Attempt(cand.device_id, cand.model, cand.tier.value, ok, ms, error)
+        return answer, Attempt(cand.device_id, cand.model, cand.tier.value, ok, ms, error), err
 
     def _account(self, out: InferOutcome, cand: Candidate, answer: dict[str, Any]) -> None:
         joules = _joules(cand, answer)
@@ -298,7 +464,7 @@ class Dispatcher:
                   f"Which answer is best? Reply with its number only.")
         ask = req.model_copy(update={"task": "classify", "text": prompt, "stream": False, "data": None, "ref": None,
                                      "options": {"max_tokens": 4}})
-        verdict, attempt = await self._attempt(ask, judge, None)
+        verdict, attempt, _ = await self._slotted(ask, judge, time.monotonic() + req.budget_ms / 1000)
         out.attempts.append(attempt)
         if verdict is not None:
             self._account(out, judge, verdict)
@@ -312,11 +478,19 @@ class Dispatcher:
     async def _consensus(self, req: InferRequest, decision: RouteDecision, reasons: list[str]) -> InferOutcome:
         plan = plan_consensus(req, decision, self.cfg.consensus_k)
         reasons = reasons + [plan.reason]
-        results = await asyncio.gather(*(self._attempt(req, c, None) for c in plan.members))
-        out = InferOutcome(req.id, req.task, False, reasons=reasons, attempts=[a for _, a in results])
-        answers = [(c, ans) for c, (ans, _) in zip(plan.members, results) if ans is not None]
+        until = time.monotonic() + req.budget_ms / 1000
+        results = await asyncio.gather(*(self._slotted(req, c, until) for c in plan.members))
+        out = InferOutcome(req.id, req.task, False, reasons=reasons, attempts=[a for _, a, _ in results])
+        answers = [(c, ans) for c, (ans, _, _) in zip(plan.members, results) if ans is not None]
         if not answers:
-            out.error = {"code": "failed", "message": "no consensus member answered"}
+            codes = {e.code for _, _, e in results if e is not None}
+            invalid = sorted(codes & CALLER_ERRORS.keys())
+            if invalid:
+                out.error = {"code": invalid[0], "message": "; ".join(a.error for a in out.attempts)}
+            elif codes and codes <= BACKPRESSURE_ERRORS | {"overloaded"}:
+                out.error = self._overloaded(req, plan.members)
+            else:
+                out.error = {"code": "failed", "message": "no consensus member answered"}
             return out
         if plan.aggregate == "majority":
             votes = collections.Counter(str(a.get("output")) for _, a in answers)

@@ -18,6 +18,14 @@ METHODS = ("health", "echo", "infer", "cancel")
 #: Longest a single call may be given, on the wire (an hour: batch transcription on a laptop).
 MAX_TIMEOUT_MS = 3_600_000
 
+#: Refusals that are the caller's error, with their HTTP status: the request itself is invalid,
+#: so it is not the device's failure (no cooldown) and not escalated (the next device would
+#: refuse it too).
+CALLER_ERRORS: dict[str, int] = {"bad_request": 400, "too_large": 413}
+#: Back-pressure: the device is well but full. Never a failure: the hub tries another candidate
+#: or waits for a slot.
+BACKPRESSURE_ERRORS = frozenset({"busy", "rate_limited"})
+
 
 class RpcRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -74,9 +82,10 @@ class RpcTimings(BaseModel):
 
 class RpcErrorBody(BaseModel):
     code: str = Field(description="bad_request | too_large | unknown_method | unknown_model | model_missing | busy "
-                                  "| timeout | cancelled | rate_limited | upstream | unavailable | no_answer | internal")
+                                  "| timeout | cancelled | rate_limited | upstream | unavailable | no_answer | internal; "
+                                  "hub answers also: overloaded | no_route | failed | unknown_device")
     message: str
-    retry_after_s: float | None = None
+    retry_after_s: float | None = Field(default=None, description="busy, rate_limited, overloaded: when to try again")
 
 
 class RpcResponse(BaseModel):

@@ -162,6 +162,11 @@ class Agent:
             except Exception as exc:  # the ollama client raises httpx and its own errors
                 log.warning("Ollama at %s not listed: %r", o.ollama_host, exc)
         models += o.extra_models
+        if any(m.runtime == "tflite" and m.max_text_chars is None for m in models):
+            from .executors.tflite import MAX_TEXT_CHARS
+            # Announce the limit the executor enforces: the hub then never sends a longer text.
+            models = [m.model_copy(update={"max_text_chars": MAX_TEXT_CHARS})
+                      if m.runtime == "tflite" and m.max_text_chars is None else m for m in models]
         if o.cloud:
             from .executors.cloud import cloud_model_specs
             models += cloud_model_specs()

@@ -189,6 +189,8 @@ class Candidate:
     #: Writes the reasons in words. Only API callers and the CLI read a fallback's reasons, so
     #: they are formatted when read (formatting a chain of 8 was a third of a decision).
     explain: Callable[[], tuple[str, ...]] = field(repr=False, compare=False)
+    #: The model's announced max_concurrency: the hub's slots for it (hub/dispatch.py).
+    concurrency: int = 1
 
     @property
     def reasons(self) -> tuple[str, ...]:

@@ -216,7 +216,7 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, score:
             reasons.append("device prefers small models (battery below 50 %)")
         return tuple(reasons)
     return Candidate(d.id, m.name, m.runtime, tier, live.p50, live.p95, joules, gco2, cost, live.quality, score,
-                     live.p95 <= budget, explain)
+                     live.p95 <= budget, explain, m.max_concurrency)
 
 
 # -- the decision --------------------------------------------------------------------------------
@@ -294,6 +294,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
     always_cloud, rule_policy = policy == "always-cloud", policy != "sovereign"
     learned_get = stats.models.get if stats.models else None
     learning, now, task = stats.config, fleet.now, req.task
+    text_chars = len(req.text) if req.text is not None else 0
     score_of = _scorer(req, cfg, policy, target)
     excluded: list[Exclusion] = []
     # (over budget, score, p95, n) for every candidate; reasons in words are written only for
@@ -328,6 +329,8 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
                 f" ({', '.join(complexity.cues)})" if complexity.cues else "")
         elif e.tiny_only:
             why = "device in tiny_only mode (battery low)"
+        elif text_chars and e.model.max_text_chars is not None and text_chars > e.model.max_text_chars:
+            why = f"text of {text_chars} characters over the model's limit of {e.model.max_text_chars}"
         elif learned is not None and cooldown_until > now:
             why = (f"cooling down for {cooldown_until - now:.0f} s more after "
                    f"{learned.consecutive_failures} failures in a row")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,13 @@ class LearningConfig(BaseModel):
     half_life_s: float = Field(default=6 * 3600, gt=0)
     #: Latencies kept per (device, model, task) for the quantiles.
     window: int = Field(default=200, ge=10, le=10_000)
-    #: Consecutive failures before a cooldown (in the manner of LiteLLM's allowed_fails) …
+    #: Consecutive real failures (timeouts, crashes, errors; not busy refusals nor invalid
+    #: requests) before a cooldown (in the manner of LiteLLM's allowed_fails) …
     cooldown_after_failures: int = Field(default=3, ge=1)
-    #: … and its length, doubled for each further failure up to cooldown_max_s.
-    cooldown_s: float = Field(default=60, gt=0)
-    cooldown_max_s: float = Field(default=3600, gt=0)
+    #: … and its length, doubled for each further failure up to cooldown_max_s: minutes, not an
+    #: hour, so that a device that recovers is used again soon. A success ends it.
+    cooldown_s: float = Field(default=30, gt=0)
+    cooldown_max_s: float = Field(default=300, gt=0)
     #: A smaller tier that succeeded this often, over at least de_escalate_samples outcomes,
     #: is tried before the tier the complexity estimate asked for.
     de_escalate_success: float = Field(default=0.95, gt=0, le=1)
@@ -127,10 +130,13 @@ class StatsStore:
 
     def _load(self) -> None:
         assert self._db is not None
+        # A cooldown written under an older, longer cap ends no later than the current cap allows.
+        latest = time.time() + self.cfg.cooldown_max_s
         for device, model, task, doc in self._db.execute("SELECT device, model, task, doc FROM model_stats"):
             d = json.loads(doc)
             self._models[(device, model, task)] = _Running(deque(d["latencies"], maxlen=self.cfg.window), d["n"],
-                                                           d["ok"], d["consecutive_failures"], d["cooldown_until"],
+                                                           d["ok"], d["consecutive_failures"],
+                                                           min(d["cooldown_until"], latest),
                                                            d.get("last_at", 0.0),
                                                            deque(d.get("confidences", ()), maxlen=self.cfg.window))
         for task, tier, n, ok in self._db.execute("SELECT task, tier, n, ok FROM tier_stats"):
@@ -152,7 +158,7 @@ class StatsStore:
             r.ok += 1
             tier[1] += 1
             r.latencies.append(o.latency_ms)
-            r.consecutive_failures = 0
+            r.consecutive_failures, r.cooldown_until = 0, 0.0
         else:
             r.consecutive_failures += 1
             if r.consecutive_failures >= self.cfg.cooldown_after_failures:
@@ -161,6 +167,21 @@ class StatsStore:
         self._dirty.add(key)
         self._changed.add(key)
         self._snapshot = None
+
+    def reset(self, device_id: str) -> int:
+        """Clear a device's cooldowns and failures, every model and task (an operator says it is
+        fixed); its latencies stay. Returns how many (model, task) pairs it had."""
+        keys = [k for k in self._models if k[0] == device_id]
+        for key in keys:
+            r = self._models[key]
+            r.consecutive_failures, r.cooldown_until, r.ok = 0, 0.0, r.n
+        self._dirty.update(keys)
+        self._changed.update(keys)
+        self._snapshot = None
+        return len(keys)
+
+    def knows(self, device_id: str) -> bool:
+        return any(k[0] == device_id for k in self._models)
 
     def snapshot(self) -> StatsSnapshot:
         """An immutable view for the router. Only what changed since the last one is recomputed
