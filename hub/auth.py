@@ -1,10 +1,19 @@
 """Who may use the HTTP API and the websocket.
 
-The first run creates an admin token, prints it once and keeps only its SHA-256 (``data_dir/
-admin-token.json``, mode 0600); ``http.token`` (or ``SOVEREIGN_TOKEN``) is accepted as well.
-``http.require_token`` says when one is needed: ``writes`` (default) — every write, and any
-request from off the loopback; ``remote`` — only requests from off the loopback; ``always``.
-Clients that keep sending wrong tokens are refused for a while (429), whatever they send.
+Two checks, in this order, on every request (``hub/http_api.py`` runs them in one middleware):
+
+- :class:`SameOrigin` — what a browser may do. The Host header must be a name of this hub (an IP
+  literal, ``localhost``, this machine's name, or ``http.allowed_hosts``): a page whose DNS name
+  was re-pointed at the hub (DNS rebinding) is refused. A request with an ``Origin`` must come
+  from the hub's own origin or ``http.allowed_origins``, and none may say ``Sec-Fetch-Site:
+  cross-site``: another site's page cannot reach the loopback API, its websocket, or a "simple"
+  CORS request that needs no preflight. Writes with a body must be ``application/json``.
+- :class:`Guard` — the admin token. The first run creates one, prints it once and keeps only its
+  SHA-256 (``data_dir/admin-token.json``, mode 0600); ``http.token`` (or ``SOVEREIGN_TOKEN``) is
+  accepted as well. ``http.require_token`` says when one is needed: ``writes`` (default) —
+  every write, and any request from off the loopback; ``remote`` — only requests from off the
+  loopback; ``always``. Only ``Authorization: Bearer`` is understood. A right token is always
+  accepted; a client that keeps sending wrong ones gets 429 for them for a while.
 """
 
 from __future__ import annotations
@@ -15,13 +24,35 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import secrets
+import socket
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import hdrs, web
+
+from .pairing_api import PUBLIC_WRITES
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request is refused: its status, error code (counted as ``http_refused.<code>``) and
+    message; ``detail`` is the refused value, for the log."""
+
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+    detail: str = ""
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": {"code": self.code, "message": self.message}}, status=self.status,
+                                 headers=self.headers)
 
 
 def _digest(token: str) -> str:
@@ -63,6 +94,101 @@ def is_loopback_peer(request: web.Request) -> bool:
         return peer == "" and request.transport is not None and request.transport.get_extra_info("peername") is None
 
 
+# -- browsers: Host, Origin, content type ---------------------------------------------------------
+
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::([0-9]{1,5}))?")
+_ORIGIN = re.compile(r"(https?)://" + _HOST.pattern)
+_DEFAULT_PORT = {"http": 80, "https": 443}
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``name[:port]`` or ``[v6][:port]`` → (name without brackets or trailing dot, port); None
+    when it is neither."""
+    m = _HOST.fullmatch(value.strip().lower())
+    if m is None:
+        return None
+    return m.group(1).strip("[]").rstrip("."), int(m.group(2)) if m.group(2) else None
+
+
+def parse_origin(value: str) -> tuple[str, str, int] | None:
+    """``scheme://host[:port]`` → (scheme, host, port with the scheme's default); None otherwise
+    (``null``, a path, another scheme)."""
+    m = _ORIGIN.fullmatch(value.strip().lower())
+    if m is None:
+        return None
+    return m.group(1), m.group(2).strip("[]").rstrip("."), int(m.group(3)) if m.group(3) else _DEFAULT_PORT[m.group(1)]
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def is_json_media_type(content_type: str) -> bool:
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+class SameOrigin:
+    """Refuses what only another site's page (or a page reached through a re-pointed DNS name)
+    would send; requests without Origin (curl, the CLI, aiohttp) pass the Origin checks."""
+
+    def __init__(self, allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = (),
+                 bind_host: str = "127.0.0.1") -> None:
+        own = socket.gethostname().lower().rstrip(".").removesuffix(".local")
+        self.hosts = {"localhost", own, own + ".local", *(h.lower().rstrip(".") for h in allowed_hosts)}
+        if not _is_ip(bind_host):
+            self.hosts.add(bind_host.lower())
+        self.origins = {o for o in map(parse_origin, allowed_origins) if o is not None}
+
+    def check(self, request: web.Request) -> Refusal | None:
+        host_header = request.headers.get(hdrs.HOST)
+        host = split_host(host_header) if host_header is not None else None
+        if host_header is not None and (host is None or not (_is_ip(host[0]) or host[0] in self.hosts)):
+            name = host[0] if host else host_header[:100]
+            return Refusal(403, "bad_host", f"this hub does not answer to the name {name!r} (a DNS rebinding "
+                           f"defence): add it to http.allowed_hosts if it is this hub's name", detail=name)
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None:
+            parsed = parse_origin(origin)
+            if parsed is None or not (parsed in self.origins or self._own(parsed, host)):
+                return Refusal(403, "cross_origin", f"requests from pages of {origin[:100]!r} are refused: only "
+                               "the hub's own pages, or origins listed in http.allowed_origins", detail=origin[:100])
+        elif request.headers.get("Sec-Fetch-Site") == "cross-site" and not _link_to_page(request):
+            return Refusal(403, "cross_origin", "requests from another site's pages are refused",
+                           detail="Sec-Fetch-Site: cross-site")
+        if request.method in WRITE_METHODS and request.body_exists:
+            ctype = request.headers.get(hdrs.CONTENT_TYPE)
+            # A body a browser can send without a CORS preflight is text/plain, a form or multipart:
+            # none of them is JSON, so they never reach a handler. (An empty body may say anything:
+            # aiohttp clients call it application/octet-stream.)
+            if not is_json_media_type(ctype or ""):
+                return Refusal(415, "unsupported_media_type", f"{request.method} bodies must be application/json "
+                               f"(got {(ctype or 'no Content-Type')[:100]})", detail=(ctype or "")[:100])
+        return None
+
+    @staticmethod
+    def _own(origin: tuple[str, str, int], host: tuple[str, int | None] | None) -> bool:
+        """The page came from the name and port the request was sent to (http, or https through
+        a proxy)."""
+        if host is None:
+            return False
+        scheme, name, port = origin
+        return name == host[0] and port == (host[1] or _DEFAULT_PORT[scheme])
+
+
+def _link_to_page(request: web.Request) -> bool:
+    """A link from another site to the dashboard itself is fine; anything under /api/ is not."""
+    return (request.method in ("GET", "HEAD") and request.headers.get("Sec-Fetch-Mode") == "navigate"
+            and not request.path.startswith("/api/"))
+
+
+# -- the token --------------------------------------------------------------------------------------
+
 class Guard:
     def __init__(self, admin: AdminToken, configured: str | None, mode: str, max_failures: int = 10,
                  window_s: float = 60.0) -> None:
@@ -71,6 +197,8 @@ class Guard:
         self._failures: dict[str, collections.deque[float]] = {}
 
     def needs_token(self, request: web.Request) -> bool:
+        if (request.method, request.path) in PUBLIC_WRITES:
+            return False  # authorized by what it carries (a one-time pairing code), rate-limited there
         if self.mode == "always":
             return True
         remote = not is_loopback_peer(request)
@@ -83,30 +211,37 @@ class Guard:
             return True
         return self.admin.matches(token)
 
-    def check(self, request: web.Request) -> web.Response | None:
+    def check(self, request: web.Request) -> Refusal | None:
         """None when the request may go on; otherwise the refusal."""
-        given = request.headers.get("Authorization", "")
-        token = given[7:] if given.startswith("Bearer ") else request.query.get("token", "") if \
-            request.path == "/api/ws" else ""
-        if not token and not self.needs_token(request):
-            return None
-        client = request.remote or "?"
+        given = request.headers.get(hdrs.AUTHORIZATION)
+        if given is not None:
+            scheme, _, token = given.strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                # Basic/Digest would be cached and replayed by browsers; an empty Bearer is a bug.
+                return Refusal(401, "unsupported_auth_scheme", "only 'Authorization: Bearer <token>' is accepted "
+                               "(another scheme, or no token after Bearer)")
+        else:  # query tokens only for the websocket (browsers cannot set its headers; they end up in logs)
+            token = request.query.get("token", "") if request.path == "/api/ws" else ""
+        if token:
+            # Validity first: a right token is never refused, whatever wrong ones others sent.
+            return None if self.valid(token) else self._wrong(request.remote or "?")
+        if self.needs_token(request):
+            return Refusal(401, "unauthorized", "this request needs the admin token (Authorization: Bearer …)")
+        return None
+
+    def _wrong(self, client: str) -> Refusal:
+        """Count a wrong token from ``client``; past ``max_failures`` in the window, 429."""
         now = time.monotonic()
-        fails = self._failures.get(client)
-        if fails is not None:
-            while fails and now - fails[0] > self.window_s:
-                fails.popleft()
-            if len(fails) >= self.max_failures:
-                retry = int(self.window_s - (now - fails[0])) + 1
-                return _refuse(429, "too_many_failures", f"too many wrong tokens; retry in {retry} s",
-                               {"Retry-After": str(retry)})
-        if token and self.valid(token):
-            return None
-        if token or given:
-            self._failures.setdefault(client, collections.deque()).append(now)
-            return _refuse(401, "unauthorized", "wrong token")
-        return _refuse(401, "unauthorized", "this request needs the admin token (Authorization: Bearer …)")
-
-
-def _refuse(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+        if len(self._failures) > 4096:  # many clients: forget those quiet for a window
+            self._failures = {c: f for c, f in self._failures.items() if f and now - f[-1] <= self.window_s}
+        fails = self._failures.setdefault(client, collections.deque(maxlen=self.max_failures))
+        while fails and now - fails[0] > self.window_s:
+            fails.popleft()
+        locked = len(fails) >= self.max_failures
+        retry = int(self.window_s - (now - fails[0])) + 1 if locked else 0
+        fails.append(now)  # still counted while refused: hammering keeps the window full
+        if locked:
+            return Refusal(429, "too_many_failures", f"too many wrong tokens; retry in {retry} s",
+                           {"Retry-After": str(retry)})
+        return Refusal(401, "unauthorized", "wrong token")

@@ -231,7 +231,7 @@ async def test_sessions_over_mqtt_and_the_cli(mosquitto: Any, make_hub: Any) -> 
     async with make_hub(mosquitto.url, **EEG) as hub:
         proc = await asyncio.create_subprocess_exec(
             "mosquitto_rr", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "sovereign/cmd/eeg",
-            "-e", "sovereign/eeg-test/reply", "-m", json.dumps({"action": "start", "board": "synthetic",
+            "-e", "sovereign/reply/eeg-test/reply", "-m", json.dumps({"action": "start", "board": "synthetic",
                                                                 "protocol": "focus", "baseline_s": 0}), "-W", "10",
             stdout=subprocess.PIPE)
         out, _ = await proc.communicate()
@@ -240,7 +240,7 @@ async def test_sessions_over_mqtt_and_the_cli(mosquitto: Any, make_hub: Any) -> 
         sid = started["result"]["session"]
         proc = await asyncio.create_subprocess_exec(
             "mosquitto_rr", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "sovereign/cmd/eeg",
-            "-e", "sovereign/eeg-test/reply", "-m", json.dumps({"action": "stop"}), "-W", "10", stdout=subprocess.PIPE)
+            "-e", "sovereign/reply/eeg-test/reply", "-m", json.dumps({"action": "stop"}), "-W", "10", stdout=subprocess.PIPE)
         out, _ = await proc.communicate()
         refused = json.loads(out)
         assert not refused["ok"] and "needs session" in refused["error"]["message"]

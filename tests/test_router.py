@@ -195,7 +195,8 @@ async def test_dry_run_endpoint(mosquitto: Any, make_hub: Any, spawn_agent: Any)
             async with s.post(f"{hub.http_url}/api/route", json={"task": "juggle"}) as r:
                 err = await r.json()
             assert r.status == 400 and "unknown task" in err["error"]["message"]
-            async with s.post(f"{hub.http_url}/api/route", data=b"{not json") as r:
+            async with s.post(f"{hub.http_url}/api/route", data=b"{not json",
+                              headers={"Content-Type": "application/json"}) as r:
                 assert r.status == 400
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,6 +88,15 @@ class SessionError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+#: Session ids become directory names: only these, checked before any lookup (HTTP and MQTT).
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_session_id(session_id: str) -> None:
+    if not SESSION_ID.fullmatch(session_id):
+        raise SessionError(400, "bad_id", f"bad session id {session_id[:80]!r}: 1-64 letters, digits, '_' or '-'")
+
+
 def _bad_request(exc: ValidationError, whole: str) -> SessionError:
     """The first problem, named by its key (``whole`` when it is the document itself)."""
     first = exc.errors()[0]
@@ -149,6 +159,7 @@ class Sessions:
         return str(out["output"]) if out.get("ok") and out.get("output") is not None else None
 
     def get(self, session_id: str) -> EegSession:
+        check_session_id(session_id)
         s = self.live.get(session_id)
         if s is None:
             if session_id in self.done:
@@ -171,7 +182,11 @@ class Sessions:
         return {**s.summary(), "last": s.last}
 
     def directory(self, session_id: str) -> Path:
-        d = self.ctx.data_dir / "sessions" / session_id
+        check_session_id(session_id)
+        root = (self.ctx.data_dir / "sessions").resolve()
+        d = (root / session_id).resolve()
+        if not d.is_relative_to(root):  # a symlink planted in sessions/ must not lead elsewhere
+            raise SessionError(400, "bad_id", f"session {session_id!r} is not inside {root}")
         if session_id not in self.live and session_id not in self.done and not (d / "summary.json").is_file():
             raise SessionError(404, "unknown_session", f"no session {session_id!r}")
         return d
@@ -189,6 +204,9 @@ async def setup(ctx: PluginContext[EegConfig]) -> None:
     ctx.bus.subscribe(PluginEvent, sessions.on_gaze)
 
     def error(exc: SessionError) -> web.Response:
+        if exc.code == "bad_id":  # counted with the hub's own HTTP refusals
+            ctx.state.count("http_refused")
+            ctx.state.count("http_refused.bad_id")
         return web.json_response({"error": {"code": exc.code, "message": exc.message}}, status=exc.status)
 
     async def body(request: web.Request) -> SessionKeys:
@@ -211,9 +229,10 @@ async def setup(ctx: PluginContext[EegConfig]) -> None:
 
     async def show(request: web.Request) -> web.Response:
         sid = request.match_info["id"]
-        if sid in sessions.done:
-            return web.json_response(sessions.done[sid])
         try:
+            check_session_id(sid)
+            if sid in sessions.done:
+                return web.json_response(sessions.done[sid])
             return web.json_response(sessions.document(sessions.get(sid)))
         except SessionError as exc:
             return error(exc)

@@ -68,7 +68,7 @@ class BoardSpec:
                 raise BoardError("the playback board needs a file")
             if not Path(self.file).is_file():
                 raise BoardError(f"playback file not found: {self.file}")
-            board_id(self.master_board)
+            check_recording(Path(self.file), board_id(self.master_board))
         if bid in {b.value for b in SERIAL_BOARDS}:
             if not self.serial_port:
                 raise BoardError(f"board {self.board} needs serial_port")
@@ -92,6 +92,33 @@ class BoardSpec:
         d = BoardShim.get_board_descr(self.data_board)
         return {"sampling_rate": d["sampling_rate"], "eeg_channels": d.get("eeg_channels", []),
                 "timestamp_channel": d["timestamp_channel"], "eeg_names": d.get("eeg_names", "")}
+
+
+def check_recording(path: Path, master: int, rows: int = 3) -> None:
+    """The first ``rows`` lines must be samples as BrainFlow writes them: tab-separated numbers,
+    one per row of the ``master`` board. BrainFlow's playback board itself accepts anything and
+    then streams nothing, so a wrong file would run as a session with 0 samples."""
+    want = BoardShim.get_num_rows(master)
+    name = BoardIds(master).name
+    try:
+        with path.open("rb") as f:
+            lines = [f.readline(64 * 1024) for _ in range(rows)]
+    except OSError as exc:
+        raise BoardError(f"playback file {path}: cannot read it: {exc.strerror}") from None
+    if not any(ln.strip() for ln in lines):
+        raise BoardError(f"playback file {path} is not a BrainFlow recording: it is empty")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            fields = line.decode("ascii").strip().split("\t")
+            [float(x) for x in fields]
+        except (UnicodeDecodeError, ValueError):
+            raise BoardError(f"playback file {path} is not a BrainFlow recording: line {n} is not "
+                             "tab-separated numbers") from None
+        if len(fields) != want:
+            raise BoardError(f"playback file {path} does not fit master_board {name}: line {n} has "
+                             f"{len(fields)} columns, the board has {want}")
 
 
 def open_board(spec: BoardSpec, ring_buffer: int = 450_000) -> BoardShim:
