@@ -1,8 +1,10 @@
 """An embedded Mosquitto, started and supervised by the hub when no broker is configured.
 
-Mosquitto runs as a child process listening on loopback only, with persistence in the data
-directory so that retained announcements of sleeping devices survive a restart. If it dies
-it is restarted on the same port with backoff; clients reconnect by themselves.
+Mosquitto runs as a child process with persistence in the data directory, so that retained
+announcements of sleeping devices survive a restart. Nobody connects anonymously: the password
+and ACL files are rendered from the hub's trust store and re-read on SIGHUP when a device pairs
+or is revoked. Off loopback the listener speaks TLS with a certificate from a CA the hub makes.
+If the broker dies it is restarted on the same port with backoff; clients reconnect by themselves.
 """
 
 from __future__ import annotations
@@ -10,13 +12,24 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import os
+import re
 import shutil
+import signal
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BrokerUrl, EmbeddedBrokerConfig
+from .children import spawn
+from .config import BrokerUrl, EmbeddedBrokerConfig, TlsConfig
+from .tls import ensure_broker_certificate
 
 log = logging.getLogger(__name__)
+
+_REFUSED_LOGIN = re.compile(r"Client (\S+) disconnected, not authori[sz]ed")
+_DENIED = re.compile(r"Denied (PUBLISH|SUBSCRIBE) from (\S+) .*?'([^']*)'")
+_CONNECTION_FROM = re.compile(r"New connection from (\S+) on port")
 
 
 class BrokerError(RuntimeError):
@@ -35,13 +48,25 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def mosquitto_conf(host: str, port: int, data_dir: Path | None) -> str:
-    lines = [
-        f"listener {port} {host}",
-        "allow_anonymous true",
+def mosquitto_conf(host: str, port: int, data_dir: Path | None, auth_dir: Path | None = None,
+                   tls_dir: Path | None = None, log_denials: bool = False) -> str:
+    """The embedded broker's configuration. With ``auth_dir`` (always, from the hub) nobody
+    connects without a password from its ``passwd`` file and every identity is confined by its
+    ``acl`` file; both are rendered from the trust store (hub/trust.py)."""
+    lines = [f"listener {port} {host}"]
+    if tls_dir is not None:
+        lines += [f"cafile {tls_dir}/ca.pem", f"certfile {tls_dir}/server.pem", f"keyfile {tls_dir}/server.key",
+                  "tls_version tlsv1.2"]
+    if auth_dir is not None:
+        lines += ["allow_anonymous false", f"password_file {auth_dir}/passwd", f"acl_file {auth_dir}/acl"]
+    else:
+        lines.append("allow_anonymous true")
+    lines += [
         "log_dest stderr",
         "log_type error",
         "log_type warning",
+        # 'notice' carries refused logins ("... disconnected, not authorised."), counted by the hub.
+        "log_type notice",
         # Announce storms and load tests: do not drop QoS 0 for a briefly slow subscriber.
         "max_queued_messages 100000",
         # Request/response traffic is many small packets: without this, Nagle's algorithm meets
@@ -51,6 +76,8 @@ def mosquitto_conf(host: str, port: int, data_dir: Path | None) -> str:
         # 'mosquitto' user that cannot write the hub's data directory).
         f"user {getpass.getuser()}",
     ]
+    if log_denials:
+        lines.append("log_type debug")  # "Denied PUBLISH ..." is a debug line in Mosquitto 2.0
     if data_dir is not None:
         lines += ["persistence true", f"persistence_location {data_dir}/", "autosave_interval 30"]
     else:
@@ -58,22 +85,68 @@ def mosquitto_conf(host: str, port: int, data_dir: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerAuth:
+    """What the embedded broker needs from the hub's trust store: the two files' contents (called
+    again on every reload) and where to report refusals."""
+
+    render: Callable[[], tuple[str, str]]  # → (password file, ACL file)
+    on_refusal: Callable[[str, str], None]  # (who, why)
+
+
 class EmbeddedBroker:
     """``async with EmbeddedBroker(cfg, data_dir) as broker: broker.url``."""
 
-    def __init__(self, cfg: EmbeddedBrokerConfig, data_dir: Path | None) -> None:
+    def __init__(self, cfg: EmbeddedBrokerConfig, data_dir: Path | None, auth: BrokerAuth | None = None) -> None:
         self.cfg = cfg
         self.data_dir = data_dir
+        self.auth = auth
         self.port = cfg.port
         self.restarts = 0
+        self.reloads = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
         self._conf_path: Path | None = None
+        self._auth_dir: Path | None = None
+        self.tls_dir: Path | None = None
+        self._last_peer = "?"
+
+    @property
+    def connect_host(self) -> str:
+        """Where the hub itself connects: its own loopback when the broker listens everywhere."""
+        return "127.0.0.1" if self.cfg.host in ("0.0.0.0", "::", "") else self.cfg.host
 
     @property
     def url(self) -> BrokerUrl:
-        return BrokerUrl(scheme="mqtt", host=self.cfg.host, port=self.port)
+        return BrokerUrl(scheme="mqtts" if self.tls_dir else "mqtt", host=self.connect_host, port=self.port)
+
+    def client_tls(self) -> TlsConfig | None:
+        """The hub's own TLS settings for connecting to this broker (trusting the hub's CA)."""
+        return TlsConfig(ca_file=self.tls_dir / "ca.pem") if self.tls_dir else None
+
+    def ca_pem(self) -> str | None:
+        return (self.tls_dir / "ca.pem").read_text() if self.tls_dir else None
+
+    def write_auth(self) -> None:
+        """(Re)write the password and ACL files from the trust store (mode 0600)."""
+        if self.auth is None or self._auth_dir is None:
+            return
+        passwd, acl = self.auth.render()
+        for name, text in (("passwd", passwd), ("acl", acl)):
+            tmp = self._auth_dir / f"{name}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            tmp.replace(self._auth_dir / name)
+
+    def reload(self) -> None:
+        """Apply changed credentials now: Mosquitto re-reads both files on SIGHUP and drops
+        connected clients whose login is no longer valid (a revoked device is cut off)."""
+        self.write_auth()
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGHUP)
+            self.reloads += 1
 
     async def __aenter__(self) -> "EmbeddedBroker":
         binary = shutil.which(self.cfg.binary)
@@ -97,14 +170,23 @@ class EmbeddedBroker:
         else:
             import tempfile
             conf_dir = Path(tempfile.mkdtemp(prefix="sovereign-broker-"))
+        conf_dir.chmod(0o700)
+        if self.auth is not None:
+            self._auth_dir = conf_dir
+            self.write_auth()
+        if self.cfg.tls_enabled:
+            self.tls_dir = conf_dir / "tls"
+            await asyncio.to_thread(ensure_broker_certificate, self.tls_dir, self.cfg.host, self.cfg.tls_names)
         self._conf_path = conf_dir / "mosquitto.conf"
-        self._conf_path.write_text(mosquitto_conf(self.cfg.host, self.port, state_dir))
+        self._conf_path.write_text(mosquitto_conf(self.cfg.host, self.port, state_dir, self._auth_dir, self.tls_dir,
+                                                  self.cfg.log_denials))
         await self._start(binary)
         self._supervisor = asyncio.create_task(self._supervise(binary), name="broker supervisor")
         return self
 
     async def _start(self, binary: str) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
+        # spawn: Mosquitto also gets SIGTERM if the hub is killed (hub/children.py).
+        self._proc = await spawn(
             binary, "-c", str(self._conf_path),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             # Own process group: a Ctrl-C aimed at the hub must not kill the broker under it;
@@ -144,10 +226,24 @@ class EmbeddedBroker:
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:
         async for line in stream:
-            text = line.decode(errors="replace").rstrip()
-            # Expected: the embedded broker deliberately runs as the hub's own user (see config).
-            level = logging.DEBUG if "should not be run as root" in text else logging.WARNING
-            log.log(level, "mosquitto: %s", text)
+            self._log_line(line.decode(errors="replace").rstrip())
+
+    def _log_line(self, text: str) -> None:
+        """Mosquitto's log: refusals become counted rejections, connection chatter (notice)
+        stays at debug, anything else is a warning."""
+        if m := _CONNECTION_FROM.search(text):
+            self._last_peer = m.group(1)  # the refusal line that may follow names no address
+        elif _REFUSED_LOGIN.search(text):
+            if self.auth is not None:
+                self.auth.on_refusal(f"mqtt client at {self._last_peer}", "login refused: unknown user or wrong password")
+            return
+        elif m := _DENIED.search(text):
+            if self.auth is not None:
+                self.auth.on_refusal(f"mqtt client {m.group(2)}", f"ACL denied {m.group(1)} on {m.group(3)!r}")
+            return
+        # Expected: the embedded broker deliberately runs as the hub's own user (see config).
+        important = ("Error" in text or "Warning" in text) and "should not be run as root" not in text
+        log.log(logging.WARNING if important else logging.DEBUG, "mosquitto: %s", text)
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopping = True

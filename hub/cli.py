@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, cli_pairing
 from .capability import Tier, is_valid_device_id
 from .config import BrokerUrl, ConfigError, TlsConfig, load_config
 
@@ -43,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, help="override data_dir")
 
     agent = sub.add_parser("agent", help="make this machine a device of the hub")
-    agent.add_argument("--broker", default=os.environ.get("SOVEREIGN_BROKER", "mqtt://127.0.0.1:1883"),
-                       help="mqtt://host:port or mqtts://… (env SOVEREIGN_BROKER)")
+    agent.add_argument("--broker", default=os.environ.get("SOVEREIGN_BROKER"),
+                       help="mqtt://host:port or mqtts://… (env SOVEREIGN_BROKER; default: the one the hub named "
+                            "when this device paired, else mqtt://127.0.0.1:1883)")
+    agent.add_argument("--pair", metavar="CODE", help="pair with the hub using a code from `sovereign pair` (needs --hub)")
+    agent.add_argument("--hub", default=os.environ.get("SOVEREIGN_URL"), metavar="URL",
+                       help="the hub's HTTP address for --pair, e.g. http://hub.local:8700 (env SOVEREIGN_URL)")
+    agent.add_argument("--credentials", type=Path, metavar="FILE",
+                       help="where this device's login is kept (default ~/.config/sovereign/agent-<id>.json)")
     agent.add_argument("--id", dest="device_id", help="device id (default: hostname[-profile])")
     agent.add_argument("--name", help="human-readable name")
     agent.add_argument("--profile", choices=["watch", "phone", "laptop", "gpu-box"],
@@ -80,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--battery-pct", type=float, help="override the reported battery charge")
     agent.add_argument("--log-level", default="info")
 
-    dev = sub.add_parser("devices", help="list the devices the running hub knows")
+    cli_pairing.add_parser(sub, DEFAULT_API)
+
+    dev = sub.add_parser("devices", help="list the devices the running hub knows; reset ID clears its cooldowns; "
+                                         "unpair ID revokes its login and forgets it")
+    dev.add_argument("action", nargs="?", choices=["list", "reset", "unpair"], default="list")
+    dev.add_argument("device_id", nargs="?")
     dev.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
     dev.add_argument("--json", action="store_true")
 
@@ -136,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
     pr.add_argument("--device-id", required=True)
     pr.add_argument("--name")
-    pr.add_argument("--broker", required=True, help="mqtt://HOST:PORT the board connects to")
+    pr.add_argument("--broker", help="mqtt://HOST:PORT the board connects to (default with --pair: the one the "
+                                     "hub names)")
+    pr.add_argument("--pair", metavar="CODE", help="pair the board with a code from `sovereign pair` (asks the hub "
+                                                   "at --url for the board's own MQTT login)")
     pr.add_argument("--wifi-ssid")
     pr.add_argument("--wifi-password-env", default="SOVEREIGN_WIFI_PASSWORD",
                     help="environment variable holding the Wi-Fi password (asked for when unset)")
@@ -173,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "agent":
             return _cmd_agent(args)
+        if args.command == "pair":
+            return cli_pairing.run(args)
         if args.command == "devices":
+            if args.action in ("reset", "unpair"):
+                return _cmd_device_action(args)
             return _show(args, "/api/devices", lambda data: format_device_table(data["devices"]))
         if args.command == "energy":
             return _show(args, "/api/energy", format_energy)
@@ -233,18 +251,37 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     if not is_valid_device_id(device_id):
         print(f"error: invalid device id {device_id!r}: letters, digits, '_', '.', '-' only (max 64)", file=sys.stderr)
         return 2
+    from .agent import credentials
+    cred_path = args.credentials or credentials.default_path(device_id)
     try:
-        broker = BrokerUrl.parse(args.broker)
+        if args.pair:
+            if not args.hub:
+                print("error: --pair needs --hub URL (the hub's HTTP address) or SOVEREIGN_URL", file=sys.stderr)
+                return 2
+            creds, ca_pem = credentials.redeem(args.hub, args.pair, device_id)
+            creds = credentials.save(cred_path, creds, ca_pem)
+            print(f"paired {device_id} with {args.hub}; login kept in {cred_path}", flush=True)
+        else:
+            creds = credentials.load(cred_path)
+    except credentials.PairingFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    username, password = args.username, os.environ.get(args.password_env)
+    if creds is not None and username is None and creds.username:
+        username, password = creds.username, creds.password
+    try:
+        broker = BrokerUrl.parse(args.broker or (creds.broker_url if creds else None) or "mqtt://127.0.0.1:1883")
         tls = None
-        if args.ca_file or args.cert_file:
-            tls = TlsConfig(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
+        ca_file = args.ca_file or (Path(creds.ca_file) if creds and creds.ca_file else None)
+        if ca_file or args.cert_file:
+            tls = TlsConfig(ca_file=ca_file, cert_file=args.cert_file, key_file=args.key_file)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     opts = AgentOptions(
         broker=broker, device_id=device_id, name=args.name or device_id, profile=args.profile,
-        tier=Tier(args.tier) if args.tier else None, topic_root=args.topic_root, username=args.username,
-        password=os.environ.get(args.password_env), tls=tls, heartbeat_s=args.heartbeat_s,
+        tier=Tier(args.tier) if args.tier else None, topic_root=args.topic_root, username=username,
+        password=password, tls=tls, heartbeat_s=args.heartbeat_s,
         http_host=args.http_host, http_port=args.http_port, zeroconf=not args.no_zeroconf, mqtt=not args.no_mqtt,
         zeroconf_interfaces=_interfaces(args.zeroconf_interface), models_dir=args.models_dir,
         ollama_host=args.ollama_host, idle_w=args.idle_w, active_w=args.active_w, battery_pct=args.battery_pct,
@@ -476,10 +513,27 @@ def _cmd_provision(args: argparse.Namespace) -> int:
     if not is_valid_device_id(args.device_id):
         print(f"error: invalid device id {args.device_id!r}", file=sys.stderr)
         return 2
+    login: tuple[str | None, str | None] = (None, None)
+    named = args.broker
+    if args.pair and not args.dry_run:
+        from .agent import credentials
+        try:
+            creds, _ca = credentials.redeem(args.url, args.pair, args.device_id)
+        except credentials.PairingFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        login, named = (creds.username, creds.password), args.broker or creds.broker_url
+    if not named:
+        print("error: give --broker mqtt://HOST:PORT, or --pair CODE to take it from the hub", file=sys.stderr)
+        return 2
     try:
-        broker = BrokerUrl.parse(args.broker)
+        broker = BrokerUrl.parse(named)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if broker.scheme == "mqtts":
+        print(f"error: the broker {broker} speaks TLS, which this firmware's MQTT client does not yet; run the "
+              "hub's broker on a network you trust for the board (docs/security.md)", file=sys.stderr)
         return 2
     password = None
     if args.wifi_ssid:
@@ -487,7 +541,7 @@ def _cmd_provision(args: argparse.Namespace) -> int:
         if password is None and not args.dry_run:
             password = getpass.getpass(f"Wi-Fi password for {args.wifi_ssid}: ")  # never echoed
     opts = ProvisionOptions(args.port, args.device_id, broker.host, broker.port, args.wifi_ssid, password, args.name,
-                            args.topic_root, args.battery_adc_pin)
+                            args.topic_root, args.battery_adc_pin, mqtt_user=login[0], mqtt_password=login[1])
     if args.dry_run:
         print(f"would write to {args.port}:")
         for line in describe(opts):
@@ -526,6 +580,31 @@ def format_decision(d: dict[str, Any]) -> str:
     lines += [f"  excluded {e['device']}{'/' + e['model'] if e['model'] else ''}: {e['reason']}" for e in d["excluded"]]
     lines += [f"  - {r}" for r in d["reasons"]]
     return "\n".join(lines)
+
+
+def _cmd_device_action(args: argparse.Namespace) -> int:
+    if not args.device_id:
+        print(f"error: sovereign devices {args.action} needs a device id (see sovereign devices)", file=sys.stderr)
+        return 2
+    base = f"{args.url.rstrip('/')}/api/devices/{urllib.parse.quote(args.device_id, safe='')}"
+    method, url = ("POST", f"{base}/reset") if args.action == "reset" else ("DELETE", f"{base}/pairing")
+    try:
+        with open_api(method, url, timeout=5) as resp:
+            doc = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        print(f"error: {json.load(exc).get('error', {}).get('message', exc)}"
+              + (" (set SOVEREIGN_TOKEN)" if exc.code == 401 else ""), file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif args.action == "reset":
+        print(f"{doc['reset']}: cooldowns and failure counts cleared ({doc['pairs']} model/task pairs)")
+    else:
+        print(f"{doc['unpaired']}: login revoked at the broker, device forgotten")
+    return 0
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:
@@ -610,11 +689,13 @@ def format_device_table(devices: list[dict[str, Any]]) -> str:
         power = (d.get("energy") or cap["power"])
         battery = power.get("battery_pct")
         rows.append((
-            d["id"], d["tier"], "online" if d["online"] else "offline",
+            d["id"], d["tier"], d.get("state") or ("online" if d["online"] else "offline"),
             power.get("source", "?"), "-" if battery is None else f"{battery:.0f}%",
             ", ".join(m["name"] for m in cap.get("models", [])) or "-", ",".join(d["sources"]),
         ))
     lines = _columns(rows)
     if len(rows) == 1:
         lines.append("(no devices yet)")
+    if any(d.get("state") == "pending" for d in devices):
+        lines.append("pending: seen but not paired, never routed to (`sovereign pair` prints a code for it)")
     return "\n".join(lines)

@@ -125,12 +125,12 @@ class Commands:
             await reply(body.model_dump_json(exclude_none=True))
 
     def _reply(self, topic: str | None, correlation: bytes | None) -> Any:
-        """A publisher on ``topic``, or None when it is missing or outside the topic root (a
+        """A publisher on ``topic``, or None when it is missing or outside the reply namespace (a
         command must not make the hub publish anywhere it likes)."""
         if not topic:
             return None
-        if not self.hub.topics.allows_reply(topic) or topic == self.topic:
-            self._reject(f"reply topic {topic!r} is outside {self.hub.topics.root}/ or a wildcard")
+        if not self.hub.topics.allows_command_reply(topic):
+            self._reject(f"reply topic {topic!r} is not under {self.hub.topics.reply_root}<client>/ or has a wildcard")
             return None
         props = publish_properties(correlation)
         link = self.hub.mqtt

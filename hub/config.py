@@ -118,6 +118,27 @@ class EmbeddedBrokerConfig(_Section):
     #: 0 picks a free port.
     port: int = Field(default=1883, ge=0, le=65535)
     restart_backoff_max_s: float = Field(default=10, gt=0, le=300)
+    #: TLS on the broker's listener with a certificate from a CA the hub makes (data_dir/
+    #: mosquitto/tls/ca.pem, handed to devices when they pair). ``auto``: on when ``host`` is
+    #: not a loopback address. Off loopback, plain MQTT is refused: passwords would cross the LAN
+    #: in clear.
+    tls: Literal["auto", "on", "off"] = "auto"
+    #: Extra host names or addresses for the broker's certificate (the machine's own names and
+    #: addresses are always in it).
+    tls_names: list[str] = Field(default_factory=list)
+    #: Log refused logins and, when true, each ACL denial (Mosquitto logs those at debug level
+    #: only, with every message it relays: costly, for diagnosis).
+    log_denials: bool = False
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> "EmbeddedBrokerConfig":
+        if self.tls == "off" and not is_loopback(self.host):
+            raise ValueError(f"host {self.host!r} is not loopback: the broker needs TLS there (tls = \"auto\" or \"on\")")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls == "on" or (self.tls == "auto" and not is_loopback(self.host))
 
 
 class HttpConfig(_Section):
@@ -131,6 +152,31 @@ class HttpConfig(_Section):
     require_token: Literal["writes", "remote", "always"] = "writes"
     #: Wrong tokens from one client within a minute before it is refused for the rest of it.
     max_failures_per_minute: int = Field(default=10, ge=1, le=10_000)
+    #: Names the hub answers to besides IP literals, ``localhost`` and this machine's name (with
+    #: and without ``.local``): a request whose Host header names anything else is refused, so
+    #: that a DNS name re-pointed at the hub (DNS rebinding) cannot reach it. E.g. ["hub.lan"].
+    allowed_hosts: list[str] = []
+    #: Origins (``scheme://host[:port]``) whose pages may call the API besides the hub's own,
+    #: e.g. a reverse proxy's public name when it rewrites Host. E.g. ["https://hub.example.org"].
+    allowed_origins: list[str] = []
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        from .auth import split_host
+        for h in v:
+            if (parsed := split_host(h)) is None or parsed[1] is not None:
+                raise ValueError(f"{h!r} is not a host name (a name only: no scheme, port or path)")
+        return v
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        from .auth import parse_origin
+        for o in v:
+            if parse_origin(o) is None:
+                raise ValueError(f"{o!r} is not an origin (http:// or https://, a host and an optional port, no path)")
+        return v
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> "HttpConfig":
@@ -203,8 +249,12 @@ class DispatchConfig(_Section):
     #: candidate is tried, but never less than ``min_attempt_ms``.
     attempt_timeout_factor: float = Field(default=3.0, ge=1)
     min_attempt_ms: float = Field(default=1000, gt=0)
-    #: Candidates tried before giving up.
+    #: Candidates tried before giving up (busy refusals do not count).
     max_attempts: int = Field(default=3, ge=1, le=20)
+    #: Calls that may wait for each slot of a model's announced max_concurrency; beyond, or when
+    #: the wait would not fit in the request's budget, the hub tries the next candidate or
+    #: answers 503 ``overloaded``.
+    queue_per_slot: int = Field(default=8, ge=0, le=1000)
     #: Largest input accepted from a client (text, or base64 data once decoded).
     max_input_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: A request with no ``timeout_ms`` of its own ends after this.
@@ -216,6 +266,19 @@ class DispatchConfig(_Section):
     #: After a restart, deferred requests read back from the data directory run no sooner than
     #: this: the devices' retained announcements arrive first.
     resume_after_s: float = Field(default=2.0, ge=0, le=600)
+
+
+class PairingConfig(_Section):
+    """Which devices the hub routes to (hub/trust.py, docs/security.md)."""
+
+    #: Route only to paired devices; others are shown as pending. False trusts every device the
+    #: broker lets announce: only for an external broker whose own ACLs bind each device to its
+    #: topics (the hub warns at start).
+    required: bool = True
+    #: How long a pairing code from ``sovereign pair`` stays valid.
+    code_ttl_s: float = Field(default=600, ge=10, le=7 * 86_400)
+    #: Wrong pairing codes from one client address within a minute before it is refused (429).
+    max_failures_per_minute: int = Field(default=5, ge=1, le=1000)
 
 
 class HomeAssistantConfig(_Section):
@@ -241,6 +304,7 @@ class HubConfig(_Section):
     router: RouterConfig = Field(default_factory=RouterConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    pairing: PairingConfig = Field(default_factory=PairingConfig)
     #: Per-plugin sections, validated by each plugin's own model when it loads.
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .children import spawn
 from .config import default_data_dir, parse_config
 from .runtime import Hub
 
@@ -26,10 +27,11 @@ FLEET = ("watch", "phone", "laptop", "gpu-box")
 class AgentProcess:
     """One supervised agent subprocess; restarted with backoff if it dies."""
 
-    def __init__(self, profile: str, broker: str) -> None:
+    def __init__(self, profile: str, broker: str, credentials: Path) -> None:
         self.profile = profile
         self.device_id = f"demo-{profile}"
         self.broker = broker
+        self.credentials = credentials
         self.proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -38,7 +40,7 @@ class AgentProcess:
         return [sys.executable, "-m", "hub", "agent", "--profile", self.profile, "--id", self.device_id,
                 "--name", f"Demo {self.profile}", "--broker", self.broker, "--http-host", "127.0.0.1",
                 "--zeroconf-interface", "127.0.0.1", "--heartbeat-s", "5", "--log-level", "warning",
-                "--real-models"]
+                "--real-models", "--credentials", str(self.credentials)]
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"agent {self.profile}")
@@ -46,9 +48,9 @@ class AgentProcess:
     async def _supervise(self) -> None:
         backoff = 1.0
         while not self._stopping:
-            self.proc = await asyncio.create_subprocess_exec(*self.argv(), stdin=asyncio.subprocess.DEVNULL,
-                                                             stdout=asyncio.subprocess.DEVNULL,
-                                                             start_new_session=True)
+            # spawn: the agent also gets SIGTERM if the hub is killed (hub/children.py).
+            self.proc = await spawn(*self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                                    start_new_session=True)
             code = await self.proc.wait()
             if self._stopping:
                 return
@@ -70,6 +72,18 @@ class AgentProcess:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def pair_demo_agent(hub: Hub, device_id: str) -> Path:
+    """The demo pairs its own agents (no code to type): a fresh login for each, written where
+    the agent reads its credentials (data_dir/agents/, mode 0600)."""
+    from .agent import credentials
+    issued = hub.pairing.pair_device(device_id)
+    path = hub.data_dir / "agents" / f"agent-{device_id}.json"
+    credentials.save(path, credentials.AgentCredentials(device_id, hub.broker_url, issued.username, issued.password,
+                                                        hub.topics.root), hub.embedded_broker.ca_pem()
+                     if hub.embedded_broker else None)
+    return path
 
 
 async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_speed: float = 720) -> int:
@@ -102,7 +116,7 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    agents = [AgentProcess(p, hub.broker_url) for p in FLEET]
+    agents = [AgentProcess(p, hub.broker_url, pair_demo_agent(hub, f"demo-{p}")) for p in FLEET]
     url = "" if http_port == 8700 else f" --url {hub.http_url}"
     try:
         for agent in agents:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +28,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ORIGIN = {"name": "sovereign-hub", "sw": __version__}
-_OBJECT_ID = re.compile(r"[^A-Za-z0-9_-]")
+_KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def escape_id(value: str) -> str:
+    """An injective escape of an id into ``[a-z0-9_]``: ``a-z0-9`` stay, ``_`` becomes ``__``,
+    any other byte (of its UTF-8) ``_`` + two lowercase hex digits: ``RC-dup`` → ``_52_43_2ddup``.
+    Not a fold: ``rc.dup`` and ``rc_dup`` must stay two devices in Home Assistant, which
+    lowercases object ids (so uppercase letters are escaped too)."""
+    return "".join(chr(b) if b in _KEEP else "__" if b == 0x5F else f"_{b:02x}" for b in value.encode())
 
 
 def object_id(device_id: str) -> str:
-    return "sovereign_" + _OBJECT_ID.sub("_", device_id)
+    return "sovereign_" + escape_id(device_id)
+
+
+def hub_object_id(hub_id: str) -> str:
+    # Device and hub ids are ASCII, so in their escapes a "_" that starts an escape is followed
+    # by "_" or a digit, never a letter. Every suffix this module appends ("_hub", "_tier",
+    # "_carbon", ...) is "_" + a letter: the id ends where it starts, and no two ids coincide.
+    return object_id(hub_id) + "_hub"
 
 
 def _sensor(uid: str, name: str, template: str, **extra: Any) -> dict[str, Any]:
@@ -81,9 +95,12 @@ class HomeAssistantDiscovery:
     def config_topic(self, device_id: str) -> str:
         return f"{self.cfg.prefix}/device/{object_id(device_id)}/config"
 
+    def hub_config_topic(self) -> str:
+        return f"{self.cfg.prefix}/device/{hub_object_id(self.hub.config.hub_id)}/config"
+
     def hub_config(self) -> dict[str, Any]:
         hub_id = self.hub.config.hub_id
-        oid = object_id(f"hub_{hub_id}")
+        oid = hub_object_id(hub_id)
         return {
             "dev": {"ids": [oid], "name": f"Sovereign Hub ({hub_id})", "mf": "Sovereign Hub", "mdl": "hub",
                     "sw": __version__},
@@ -104,6 +121,9 @@ class HomeAssistantDiscovery:
                                         state_class="total_increasing", icon="mdi:counter"),
                 f"{oid}_devices": _sensor(f"{oid}_devices", "Devices online", "{{ value_json.devices_online }}",
                                           state_class="measurement", icon="mdi:devices"),
+                f"{oid}_pending": _sensor(f"{oid}_pending", "Devices waiting to be paired",
+                                          "{{ value_json.devices_pending }}", state_class="measurement",
+                                          icon="mdi:shield-key"),
                 f"{oid}_focus": _sensor(f"{oid}_focus", "EEG feedback score", "{{ value_json.eeg_score }}",
                                         state_class="measurement", icon="mdi:brain"),
             },
@@ -112,7 +132,7 @@ class HomeAssistantDiscovery:
     def device_config(self, rec: DeviceRecord) -> dict[str, Any]:
         cap = rec.capability
         oid = object_id(rec.id)
-        hub_oid = object_id(f"hub_{self.hub.config.hub_id}")
+        hub_oid = hub_object_id(self.hub.config.hub_id)
         cmps = {
             f"{oid}_tier": _sensor(f"{oid}_tier", "Tier", "{{ value_json.tier }}", device_class="enum",
                                    options=["tiny", "small", "medium", "large"], entity_category="diagnostic"),
@@ -143,11 +163,11 @@ class HomeAssistantDiscovery:
     async def publish_all(self) -> None:
         if self.hub.mqtt is None:
             return
-        await self.hub.mqtt.publish(self.config_topic(f"hub_{self.hub.config.hub_id}"),
-                                    json.dumps(self.hub_config()), qos=1, retain=True)
+        await self.hub.mqtt.publish(self.hub_config_topic(), json.dumps(self.hub_config()), qos=1, retain=True)
         self.published += 1
         for rec in self.hub.registry.all():
-            await self._publish_device(rec)
+            if self.hub.pairing.is_trusted(rec.id):  # a pending device is no entity: it is counted on the hub
+                await self._publish_device(rec)
         await self._publish_hub_state()
 
     async def _publish_device(self, rec: DeviceRecord) -> None:
@@ -179,7 +199,8 @@ class HomeAssistantDiscovery:
         return {"carbon_g_per_kwh": snap.carbon_g_per_kwh if snap else None,
                 "energy_mode": snap.mode.value if snap else None,
                 "saved_today": round(today.get("saved_cost", 0.0), 6), "tasks_today": today.get("count", 0),
-                "devices_online": sum(1 for r in self.hub.registry.all() if r.online),
+                "devices_online": sum(1 for r in self.hub.registry.all() if r.online and self.hub.pairing.is_trusted(r.id)),
+                "devices_pending": sum(1 for r in self.hub.registry.all() if not self.hub.pairing.is_trusted(r.id)),
                 "eeg_score": self.eeg_score}
 
     async def _publish_hub_state(self) -> None:
@@ -217,7 +238,7 @@ class HomeAssistantDiscovery:
             self._dirty.clear()
             for device_id in ids:
                 rec = self.hub.registry.get(device_id)
-                if rec is None:
+                if rec is None or not self.hub.pairing.is_trusted(device_id):
                     continue
                 if device_id not in known:
                     known.add(device_id)

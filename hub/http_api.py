@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,16 +18,51 @@ from aiohttp import web
 from . import __version__
 from pydantic import ValidationError
 
+from .auth import Refusal, SameOrigin
+from .capability import is_valid_device_id
 from .config import format_validation_error
 from .dispatch import InferOutcome, InferRequest, RequestError
 from .energy.forecast import NoWindow, best_window, mean_over
+from .pairing_api import add_pairing_routes
 from .router.model import Candidate, RouteDecision, TaskRequest
 from .router.route import route, rule_decision
+from .rpc import CALLER_ERRORS
 
 if TYPE_CHECKING:
     from .runtime import Hub
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger(__name__)
+
+
+def _path_safe(value: str) -> bool:
+    """Nothing a path variable could use to leave its place if it ever became a file name."""
+    return value not in (".", "..") and not any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+#: The id in each route's path, by the route's canonical path: (test, what it must be).
+ID_FORMATS: dict[str, tuple[Callable[[str], object], str]] = {
+    "/api/devices/{id}": (is_valid_device_id, "a device id is 1-64 letters, digits, '_', '.' or '-', starting "
+                          "with a letter or digit"),
+    "/api/devices/{id}/reset": (is_valid_device_id, "a device id is 1-64 letters, digits, '_', '.' or '-', "
+                                "starting with a letter or digit"),
+    "/api/deferred/{id}": (lambda v: len(v) <= 128, "a request id is 1-128 characters"),
+    "/api/rules/{id}/{action}": (re.compile(r"[0-9a-f]{12}").fullmatch, "a rule id is 12 lowercase hex digits"),
+}
+
+
+def check_ids(request: web.Request) -> Refusal | None:
+    """Every path variable is checked before any handler (plugins' included): never '/', '\\',
+    a control character, '.' or '..'; and the ids of the hub's own routes have their format."""
+    resource = request.match_info.route.resource
+    fmt = ID_FORMATS.get(resource.canonical if resource is not None else "")
+    for name, value in request.match_info.items():
+        if not _path_safe(value) or (fmt is not None and name == "id" and not fmt[0](value)):
+            why = fmt[1] if fmt is not None and name == "id" and _path_safe(value) else \
+                "no '/', '\\', control characters, '.' or '..'"
+            return Refusal(400, "bad_id", f"bad {name} {value[:80]!r} in the path: {why}", detail=value[:80])
+    return None
 
 
 def error(status: int, code: str, message: str) -> web.Response:
@@ -33,13 +71,31 @@ def error(status: int, code: str, message: str) -> web.Response:
 
 def make_app(hub: "Hub") -> web.Application:
     guard = hub.guard
+    http = hub.config.http
+    same_origin = SameOrigin(http.allowed_hosts, http.allowed_origins, http.host)
+    warned: set[tuple[str, str]] = set()
+
+    def refuse(request: web.Request, r: Refusal) -> web.Response:
+        hub.state.count("http_refused")
+        hub.state.count(f"http_refused.{r.code}")
+        # A refused name or origin is most likely a setting to make: say so once per value (a
+        # flood of them must not flood the log); every other refusal only at debug.
+        first = r.code in ("bad_host", "cross_origin") and (r.code, r.detail) not in warned and len(warned) < 256
+        if first:
+            warned.add((r.code, r.detail))
+        log.log(logging.WARNING if first else logging.DEBUG, "refused %s %s from %s: %s %s", request.method,
+                request.path[:200], request.remote, r.code, r.message)
+        return r.response()
 
     @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/api/"):
-            refusal = guard.check(request)
-            if refusal is not None:
-                return refusal
+    async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Browser checks before the token: a cross-site page's wrong tokens never count against
+        # the client address it shares with the real user (loopback).
+        refusal = same_origin.check(request)
+        if refusal is None and request.path.startswith("/api/"):
+            refusal = guard.check(request) or check_ids(request)
+        if refusal is not None:
+            return refuse(request, refusal)
         return await handler(request)
 
     @web.middleware
@@ -53,7 +109,7 @@ def make_app(hub: "Hub") -> web.Application:
 
     # Bodies up to the input cap as JSON text (escaping can double it) plus the envelope; the
     # dispatcher checks the decoded input against the cap itself.
-    app = web.Application(middlewares=[errors, auth],
+    app = web.Application(middlewares=[errors, security],
                           client_max_size=max(1024 * 1024, hub.config.dispatch.max_input_bytes * 2 + 64 * 1024))
 
     async def health(request: web.Request) -> web.Response:
@@ -61,13 +117,13 @@ def make_app(hub: "Hub") -> web.Application:
 
     async def devices(request: web.Request) -> web.Response:
         recs = sorted(hub.registry.all(), key=lambda r: (not r.online, r.capability.tier.rank, r.id))
-        return web.json_response({"devices": [r.to_dict() for r in recs]})
+        return web.json_response({"devices": [hub.registry.document(r) for r in recs]})
 
     async def device(request: web.Request) -> web.Response:
         rec = hub.registry.get(request.match_info["id"])
         if rec is None:
             return error(404, "unknown_device", f"no device with id {request.match_info['id']!r}")
-        return web.json_response(rec.to_dict())
+        return web.json_response(hub.registry.document(rec))
 
     async def delete_device(request: web.Request) -> web.Response:
         device_id = request.match_info["id"]
@@ -139,10 +195,11 @@ def make_app(hub: "Hub") -> web.Application:
             return error(exc.status, exc.code, exc.message)
         if not req.stream:
             outcome = await hub.dispatcher.infer(req)
-            return web.json_response(outcome.to_dict(), status=_status(outcome))
+            return _outcome_response(outcome)
         # Streamed: one JSON object per line (NDJSON, as Ollama does): chunks, then the outcome.
+        # The status goes with the first chunk, so that a refusal before any text keeps its own
+        # (400, 503 with Retry-After...).
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
 
         gone = False
 
@@ -151,19 +208,34 @@ def make_app(hub: "Hub") -> web.Application:
             if gone:
                 return
             try:
+                if not resp.prepared:
+                    await resp.prepare(request)
                 await resp.write(json.dumps({"chunk": text}).encode() + b"\n")
             except (ConnectionError, RuntimeError):
                 # The client went away: the task still finishes, and is learned from and cached.
                 gone = True
 
         outcome = await hub.dispatcher.infer(req, emit)
+        if not resp.prepared and not outcome.ok:
+            return _outcome_response(outcome)
         if not gone:
             try:
+                if not resp.prepared:
+                    await resp.prepare(request)
                 await resp.write(json.dumps({"done": True, **outcome.to_dict()}).encode() + b"\n")
                 await resp.write_eof()
             except (ConnectionError, RuntimeError):
                 pass
         return resp
+
+    async def reset_device(request: web.Request) -> web.Response:
+        """Clear a device's cooldowns and failure counts (an operator fixed it)."""
+        device_id = request.match_info["id"]
+        if hub.registry.get(device_id) is None and not hub.stats.knows(device_id):
+            return error(404, "unknown_device", f"no device with id {device_id!r}")
+        pairs = hub.stats.reset(device_id)
+        hub.stats.flush()
+        return web.json_response({"reset": device_id, "pairs": pairs})
 
     async def costs(request: web.Request) -> web.Response:
         report = await asyncio.to_thread(hub.ledger.periods)
@@ -212,6 +284,8 @@ def make_app(hub: "Hub") -> web.Application:
     app.router.add_get("/api/devices", devices)
     app.router.add_get("/api/devices/{id}", device)
     app.router.add_delete("/api/devices/{id}", delete_device)
+    app.router.add_post("/api/devices/{id}/reset", reset_device)
+    add_pairing_routes(app, hub)
     for method, path, handler in hub.plugin_routes:
         app.router.add_route(method, path, handler)
     return app
@@ -264,8 +338,14 @@ def parse_deadline(text: str, now: float) -> float:
 def _status(outcome: InferOutcome) -> int:
     if outcome.ok:
         return 200
-    code = (outcome.error or {}).get("code")
-    return {"no_route": 503, "timeout": 504}.get(code or "", 502)
+    code = (outcome.error or {}).get("code") or ""
+    return CALLER_ERRORS.get(code) or {"no_route": 503, "overloaded": 503, "timeout": 504}.get(code, 502)
+
+
+def _outcome_response(outcome: InferOutcome) -> web.Response:
+    retry = (outcome.error or {}).get("retry_after_s")
+    headers = {"Retry-After": str(math.ceil(retry))} if retry else None
+    return web.json_response(outcome.to_dict(), status=_status(outcome), headers=headers)
 
 
 def decision_document(d: RouteDecision) -> dict[str, Any]:
@@ -298,7 +378,11 @@ def health_document(hub: "Hub") -> dict[str, Any]:
             "reconnects": max(0, (hub.mqtt.connect_count if hub.mqtt else 0) - 1),
             "last_error": hub.mqtt.last_error if hub.mqtt else "",
         },
-        "devices": {"total": len(recs), "online": sum(r.online for r in recs)},
+        "devices": {"total": len(recs), "online": sum(r.online for r in recs),
+                    "pending": sum(not hub.pairing.is_trusted(r.id) for r in recs)},
+        "pairing": {"required": hub.config.pairing.required, "paired": len(hub.trust.paired_devices()),
+                    "open_codes": hub.trust.open_codes()},
+        "security_warnings": hub.security_warnings,
         "counters": counters,
         "recent_rejections": hub.rejections.last[-5:],
         "plugins": [s.to_dict() for s in hub.plugins.statuses.values()] if hub.plugins else [],

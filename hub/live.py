@@ -69,7 +69,7 @@ class LiveFeed:
     def _device(self, event: DeviceChanged) -> None:
         rec = self.hub.registry.get(event.device_id)
         if rec is not None and self.clients:
-            self.send("device", rec.to_dict())
+            self.send("device", self.hub.registry.document(rec))
 
     def _removed(self, event: DeviceRemoved) -> None:
         self.send("device_removed", {"id": event.device_id})
@@ -78,7 +78,7 @@ class LiveFeed:
         snap = self.hub.last_energy_snapshot or self.hub.energy_snapshot()
         return {"type": "hello", "data": {
             "hub": self.hub.config.hub_id,
-            "devices": [r.to_dict() for r in self.hub.registry.all()],
+            "devices": [self.hub.registry.document(r) for r in self.hub.registry.all()],
             "energy": snap.model_dump(mode="json") if snap else None}}
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:

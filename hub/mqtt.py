@@ -203,7 +203,11 @@ class _Connection:
         if self.connack.done():
             return
         if reason.is_failure:
-            self.connack.set_exception(MqttError(f"broker refused the connection: {reason}"))
+            hint = ""
+            if reason.value in (0x86, 0x87, 4, 5):  # bad user name or password / not authorized (v5, v3)
+                hint = (" — this login is unknown to the broker or was revoked; a device gets its own with "
+                        "`sovereign pair` on the hub, then `sovereign agent --hub URL --pair CODE`")
+            self.connack.set_exception(MqttError(f"broker refused the connection: {reason}{hint}"))
         else:
             self.connack.set_result(None)
 

@@ -218,11 +218,11 @@ class PluginContext(Generic[C]):
 
     async def publish_reply(self, topic: str, payload: bytes | str, correlation: bytes | None = None) -> bool:
         """Answer a command on its response topic (with its MQTT 5 correlation data). Refused
-        (False) outside the topic root or with a wildcard: a command must not make the hub
-        publish anywhere it likes."""
+        (False) outside ``<root>/reply/<client>/`` or with a wildcard: a command must not make
+        the hub publish anywhere it likes."""
         root = self._svc().topic_root
-        if not Topics(root).allows_reply(topic):
-            self.log.warning("not answering on %r: outside %s/", topic, root)
+        if not Topics(root).allows_command_reply(topic):
+            self.log.warning("not answering on %r: outside %s/reply/<client>/", topic, root)
             return False
         return await self._svc().publish(topic, payload, 1, False, correlation)
 

@@ -36,11 +36,17 @@ class ProvisionOptions:
     topic_root: str = "sovereign"
     battery_adc_pin: int | None = None
     baudrate: int = 115200
+    #: The board's own MQTT login, from pairing (``sovereign provision --pair CODE``).
+    mqtt_user: str | None = None
+    mqtt_password: str | None = None
 
 
 def board_config(o: ProvisionOptions) -> dict[str, object]:
+    broker: dict[str, object] = {"host": o.broker_host, "port": o.broker_port}
+    if o.mqtt_user:
+        broker.update(user=o.mqtt_user, password=o.mqtt_password or "")
     cfg: dict[str, object] = {"device_id": o.device_id, "name": o.name or o.device_id, "topic_root": o.topic_root,
-                              "broker": {"host": o.broker_host, "port": o.broker_port}}
+                              "broker": broker}
     if o.wifi_ssid:
         cfg["wifi"] = {"ssid": o.wifi_ssid, "password": o.wifi_password or ""}
     if o.battery_adc_pin is not None:
@@ -56,13 +62,14 @@ def files(o: ProvisionOptions) -> list[tuple[str, bytes]]:
 
 
 def describe(o: ProvisionOptions) -> list[str]:
-    """What would be written (--dry-run), with the Wi-Fi password masked."""
+    """What would be written (--dry-run), with the Wi-Fi and MQTT passwords masked."""
     lines = []
     for name, data in files(o):
         if name == "config.json":
             shown = board_config(o)
-            if "wifi" in shown:
-                shown["wifi"] = {**shown["wifi"], "password": "***"}  # type: ignore[dict-item]
+            for key in ("wifi", "broker"):
+                if isinstance(shown.get(key), dict) and "password" in shown[key]:  # type: ignore[operator]
+                    shown[key] = {**shown[key], "password": "***"}  # type: ignore[dict-item]
             lines.append(f"{name:<32} {len(data):>7} bytes  {json.dumps(shown)}")
         else:
             lines.append(f"{name:<32} {len(data):>7} bytes")

@@ -10,6 +10,11 @@ source is. An MQTT ``offline`` (last will or heartbeat timeout) is authoritative
 process that advertised everything is gone, so it also clears the other sources' flags (a
 crashed agent's zeroconf record lingers in mDNS caches for minutes). A zeroconf removal or a
 failed Ollama poll clears only its own flag.
+
+Hints. Anyone on the LAN can publish an mDNS record for any id, so ``zeroconf`` is a *hint*: it
+may introduce an unknown device (shown as pending until paired), but for a paired id or one heard
+over MQTT it moves only its own flag, never the capability, and it keeps such a device online
+only if nothing better has spoken for it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,14 @@ from .capability import Capability, EnergyReport
 log = logging.getLogger(__name__)
 
 AUTHORITATIVE_SOURCE = "mqtt"
+#: Sources anyone on the LAN can forge (an mDNS record): they may make an unknown device
+#: *pending*, never change a known one nor make it routable.
+HINT_SOURCES = frozenset({"zeroconf"})
+
+
+def has_authority(rec: "DeviceRecord") -> bool:
+    """Has the device been heard through a source that proves who it is (not only mDNS)?"""
+    return any(source not in HINT_SOURCES for source in rec.sources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +102,10 @@ class DeviceRegistry:
 
     def __init__(self, bus: EventBus, db_path: Path | None) -> None:
         self._bus = bus
+        #: Set by the hub: may the router use this device (else it is shown as pending), and is it
+        #: paired (then an mDNS record can never rewrite it).
+        self.is_trusted: Callable[[str], bool] = lambda _device_id: True
+        self.is_paired: Callable[[str], bool] = lambda _device_id: False
         self._devices: dict[str, DeviceRecord] = {}
         #: liveness heard before the announcement (retained messages arrive in any order)
         self._pending_liveness: dict[str, tuple[str, bool, float]] = {}
@@ -171,6 +189,20 @@ class DeviceRegistry:
 
     # -- queries -------------------------------------------------------------------------------
 
+    def document(self, rec: DeviceRecord) -> dict[str, Any]:
+        """The API's view of a device: what it announced, what the hub saw, and whether it is
+        paired (``state``: pending, online or offline)."""
+        doc = rec.to_dict()
+        doc["paired"] = self.is_paired(rec.id)
+        doc["state"] = "pending" if not self.is_trusted(rec.id) else "online" if rec.online else "offline"
+        return doc
+
+    def hint_only(self, device_id: str) -> bool:
+        """May a hint source (mDNS) only mark its own flag for this id? Yes once the id is paired or
+        has been heard through a source that proves who it is."""
+        rec = self._devices.get(device_id)
+        return self.is_paired(device_id) or rec is not None and has_authority(rec)
+
     def get(self, device_id: str) -> DeviceRecord | None:
         return self._devices.get(device_id)
 
@@ -191,6 +223,11 @@ class DeviceRegistry:
         it is alive now."""
         at = time.time() if at is None else at
         rec = self._devices.get(cap.id)
+        if source in HINT_SOURCES and self.hint_only(cap.id):
+            # A hint never rewrites a device that proves itself over MQTT: only its own flag moves.
+            if rec is not None:
+                self.liveness(cap.id, source, live, at, "mDNS record")
+            return
         added = rec is None
         if rec is None:
             rec = DeviceRecord(cap, first_seen=at, last_seen=at)
@@ -275,7 +312,10 @@ class DeviceRegistry:
         if not online and source == AUTHORITATIVE_SOURCE:
             for name in rec.sources:
                 rec.sources[name] = False
-        now_online = any(rec.sources.values())
+        # A hint (mDNS) keeps alive only a device nothing better has spoken for: a forged or
+        # lingering record must not hold up a device whose MQTT session is gone.
+        authority = has_authority(rec)
+        now_online = any(on for name, on in rec.sources.items() if not authority or name not in HINT_SOURCES)
         if now_online == rec.online:
             return False
         rec.online = now_online

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import secrets
 import signal
 import time
 from contextlib import AsyncExitStack
@@ -20,12 +21,13 @@ from paho.mqtt.client import topic_matches_sub as paho_topic_matches_sub
 
 from aiohttp import web
 
-from .broker import EmbeddedBroker
+from .broker import BrokerAuth, EmbeddedBroker
 from .commands import Commands
 from .deferred import DeferredStore
 from .dispatch import Dispatcher, InferRequest
 from .rpc_client import RpcClient
 from .bus import EventBus
+from .children import PIDFILE as CHILDREN_FILE, Children, current as current_children
 from .config import HubConfig
 from .discovery.mqtt import MqttDiscovery
 from .discovery.zeroconf import ZeroconfDiscovery
@@ -50,6 +52,9 @@ from .registry import DeviceChanged, DeviceRegistry, DeviceRemoved
 from .rejects import Rejections
 from .state import StateStore
 from .topics import Topics
+from .trust import Role, TrustStore, mosquitto_hash, username_for
+from .mqtt_probe import anonymous_publish_allowed
+from .pairing import Pairing
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,8 @@ class Hub:
         self._gc_threshold: tuple[int, int, int] | None = None
         self._plugin_subscriptions: list[tuple[str, Any]] = []
         self.plugin_routes: list[tuple[str, str, Any]] = []
+        #: Said at start and in /api/health when the set-up is less safe than the defaults.
+        self.security_warnings: list[str] = []
 
     async def __aenter__(self) -> "Hub":
         try:
@@ -100,6 +107,12 @@ class Hub:
     async def _start(self) -> None:
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Children a previous hub on this data directory left running (it was killed) go first;
+        # ours are recorded from here on: the broker, the demo's agents (hub/children.py).
+        self.children = Children(self.data_dir / CHILDREN_FILE)
+        await self.children.stop_stale()
+        current_children.set(self.children)
+        self._stack.callback(self.children.close)  # first in, so last out: after the broker stopped
         self.registry = DeviceRegistry(self.bus, self.data_dir / "registry.sqlite3")
         self._stack.callback(self.registry.close)
         self.energy = EnergyStore(self.bus, self.rejections, cfg.energy.max_site_power_w)
@@ -125,17 +138,33 @@ class Hub:
         # Plugin configs are validated before anything starts, so that a typo fails fast.
         self.plugins = PluginManager(self.bus, self.state, self.registry, self.energy, self.data_dir, cfg.plugins)
 
+        self.trust = TrustStore(self.data_dir / "trust.json")
         url = cfg.mqtt.broker_url()
+        username, password, tls = cfg.mqtt.username, cfg.mqtt.resolved_password(), cfg.mqtt.tls
         if url is None:
+            # The hub's own login to its own broker: made anew at every start, never stored.
+            username, password = username_for(Role.hub, cfg.hub_id), secrets.token_urlsafe(32)
+            hub_hash = mosquitto_hash(password)
+            ha_prefix = cfg.homeassistant.prefix if cfg.homeassistant.enabled else None
+            auth = BrokerAuth(
+                render=lambda: (self.trust.passwd_text({username: hub_hash}),
+                                self.trust.acl_text(self.topics.root, username, ha_prefix)),
+                on_refusal=lambda who, why: self.rejections.reject(who, why, counter="mqtt_refused"))
             self.embedded_broker = await self._stack.enter_async_context(
-                EmbeddedBroker(cfg.broker, self.data_dir))
-            url = self.embedded_broker.url
-        self.broker_url = f"mqtt://{url.host}:{url.port}" if url.scheme == "mqtt" else f"mqtts://{url.host}:{url.port}"
+                EmbeddedBroker(cfg.broker, self.data_dir, auth))
+            url, tls = self.embedded_broker.url, self.embedded_broker.client_tls()
+        else:
+            await self._check_external_broker(url, tls)
+        self.pairing = Pairing(self.trust, cfg.pairing, self.embedded_broker, self._trust_changed)
+        self.registry.is_trusted, self.registry.is_paired = self.pairing.is_trusted, self.trust.is_paired
+        if not cfg.pairing.required:
+            self._warn("pairing.required is false: every device the broker lets announce is routed to")
+        self.broker_url = str(url)
 
         self.discovery = MqttDiscovery(self.topics, self.registry, self.rejections, cfg.mqtt.max_payload_bytes)
         opts = MqttOptions(
-            url=url, client_id=cfg.mqtt.client_id or f"sovereign-{cfg.hub_id}", username=cfg.mqtt.username,
-            password=cfg.mqtt.resolved_password(), tls=cfg.mqtt.tls, keepalive_s=cfg.mqtt.keepalive_s,
+            url=url, client_id=cfg.mqtt.client_id or f"sovereign-{cfg.hub_id}", username=username,
+            password=password, tls=tls, keepalive_s=cfg.mqtt.keepalive_s,
             birth=Birth(self.topics.hub_status), subscriptions=[(f, DISCOVERY_QOS) for f in self.topics.discovery_filters],
         )
         self.dispatcher = Dispatcher(self, cfg.dispatch, DeferredStore(self.data_dir / "deferred.sqlite3"))
@@ -212,6 +241,34 @@ class Hub:
             gc.set_threshold(*self._gc_threshold)
             gc.unfreeze()
             self._gc_threshold = None
+
+    # -- trust ---------------------------------------------------------------------------------
+
+    def _warn(self, text: str) -> None:
+        self.security_warnings.append(text)
+        log.warning("SECURITY: %s", text)
+
+    async def _check_external_broker(self, url: Any, tls: Any) -> None:
+        """An external broker cannot be configured by the hub: check that it at least refuses
+        strangers, and say loudly when it does not (docs/security.md has the ACL it needs)."""
+        verdict = await anonymous_publish_allowed(url, tls, f"{self.topics.root}/hub/anonymous-probe")
+        if verdict is True:
+            self._warn(f"the broker {url} lets anonymous clients publish: anyone who reaches it can "
+                       "announce devices and send commands (set allow_anonymous false and an ACL: docs/security.md)")
+        elif verdict is None:
+            log.info("could not tell whether %s refuses anonymous clients", url)
+
+    async def unpair(self, device_id: str) -> bool:
+        """Revoke the device's login at the broker (a connected device is cut off) and forget it."""
+        revoked = self.pairing.unpair(device_id)
+        forgotten = await self.forget_device(device_id, "unpaired")
+        return revoked or forgotten
+
+    def _trust_changed(self, device_id: str | None) -> None:
+        self._fleet = None  # a paired or unpaired device enters or leaves the router's view now
+        rec = self.registry.get(device_id) if device_id else None
+        if rec is not None:  # pending → paired: the dashboard and Home Assistant show it at once
+            self.bus.publish(DeviceChanged(rec.id, online=rec.online))
 
     # -- MQTT ----------------------------------------------------------------------------------
 
@@ -330,7 +387,7 @@ class Hub:
         or energy change (building it indexes every model by task: ~8 ms for 1,000 devices)."""
         now = time.monotonic()
         if self._fleet is None or (self._fleet_dirty and now - self._fleet_built >= 1.0):
-            self._fleet = fleet_snapshot(self.registry.all(), self.energy_snapshot())
+            self._fleet = fleet_snapshot(self.registry.all(), self.energy_snapshot(), self.pairing.is_trusted)
             self._fleet_built, self._fleet_dirty = now, False
         return self._fleet
 

@@ -29,6 +29,20 @@ class Topics:
         hub or a device publish anywhere it likes."""
         return topic.startswith(self.root + "/") and not any(c in topic for c in "#+")
 
+    @property
+    def reply_root(self) -> str:
+        """Where answers to commands go: ``<root>/reply/<client username>/…``. Each command
+        client may read only its own namespace under it (docs/security.md)."""
+        return f"{self.root}/reply/"
+
+    def allows_command_reply(self, topic: str) -> bool:
+        """A command's reply topic: inside the reply root, under a namespace, no wildcards. Never
+        a device's or the hub's own topics, whatever the command asks."""
+        if not topic.startswith(self.reply_root) or any(c in topic for c in "#+"):
+            return False
+        namespace = topic[len(self.reply_root):].split("/", 1)[0]
+        return bool(namespace)
+
     def device(self, device_id: str, kind: str) -> str:
         return f"{self.root}/device/{device_id}/{kind}"
 

@@ -101,6 +101,10 @@ def hub_config(tmp_path: Path, broker_url: str | None, **overrides: Any) -> Any:
         "data_dir": str(tmp_path / "hub-data"),
         # Tests act as a trusted local client; the auth tests ask for the default ("writes").
         "http": {"port": 0, "require_token": "remote"},
+        # The `mosquitto` fixture is an anonymous broker, where nothing binds a device to its id;
+        # tests of routing trust every device there. Pairing and the authenticated embedded
+        # broker are tested with pairing required (tests/test_trust.py), as the demo runs.
+        "pairing": {"required": False},
         "zeroconf": {"interfaces": ["127.0.0.1"]},
     }
     if broker_url:
@@ -160,12 +164,14 @@ def spawn_agent() -> Any:
     """Start a real ``sovereign agent`` process; all are stopped at teardown."""
     procs: list[AgentProc] = []
 
-    def spawn(broker_url: str = "mqtt://127.0.0.1:1", profile: str = "laptop", device_id: str | None = None,
-              *extra: str) -> AgentProc:
+    def spawn(broker_url: str | None = "mqtt://127.0.0.1:1", profile: str = "laptop", device_id: str | None = None,
+              *extra: str, env: dict[str, str] | None = None) -> AgentProc:
+        """``broker_url`` None: the agent takes the broker from its pairing (``--pair``)."""
         device_id = device_id or f"t-{profile}-{uuid.uuid4().hex[:8]}"
-        argv = [sys.executable, "-m", "hub", "agent", "--profile", profile, "--id", device_id, "--broker", broker_url,
+        argv = [sys.executable, "-m", "hub", "agent", "--profile", profile, "--id", device_id,
+                *(["--broker", broker_url] if broker_url else []),
                 "--http-host", "127.0.0.1", "--zeroconf-interface", "127.0.0.1", "--log-level", "warning", *extra]
-        proc = AgentProc(argv, device_id)
+        proc = AgentProc(argv, device_id, env)
         procs.append(proc)
         return proc
 

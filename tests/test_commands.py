@@ -55,9 +55,9 @@ def v5_props(reply_topic: str, corr: bytes) -> Properties:
 async def test_mqtt5_command_with_correlation_and_streaming(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
         [agent] = await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
-        with client(mosquitto.port, paho.MQTTv5, "sovereign/phone/replies") as (c, q):
+        with client(mosquitto.port, paho.MQTTv5, "sovereign/reply/phone/replies") as (c, q):
             c.publish("sovereign/cmd/infer", json.dumps({"task": "echo", "text": "ping"}), qos=1,
-                      properties=v5_props("sovereign/phone/replies", b"corr-1"))
+                      properties=v5_props("sovereign/reply/phone/replies", b"corr-1"))
             msg = await get(q)
             assert msg.properties.CorrelationData == b"corr-1"
             body = json.loads(msg.payload)
@@ -67,7 +67,7 @@ async def test_mqtt5_command_with_correlation_and_streaming(mosquitto: Any, make
             [laptop] = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ()))
             c.publish("sovereign/cmd/infer", json.dumps({"task": "summarize", "text": "notes", "stream": True,
                                                          "id": "s1", "budget_ms": 20000}),
-                      qos=1, properties=v5_props("sovereign/phone/replies", b"corr-2"))
+                      qos=1, properties=v5_props("sovereign/reply/phone/replies", b"corr-2"))
             chunks, final = [], None
             while final is None:
                 m = json.loads((await get(q)).payload)
@@ -83,9 +83,9 @@ async def test_mqtt5_command_with_correlation_and_streaming(mosquitto: Any, make
 async def test_mqtt311_client_names_reply_to_in_the_payload(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
         await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
-        with client(mosquitto.port, paho.MQTTv311, "sovereign/satellite/replies") as (c, q):
+        with client(mosquitto.port, paho.MQTTv311, "sovereign/reply/satellite/replies") as (c, q):
             c.publish("sovereign/cmd/infer", json.dumps({"task": "echo", "text": "old client", "id": "v311-1",
-                                                         "reply_to": "sovereign/satellite/replies"}), qos=1)
+                                                         "reply_to": "sovereign/reply/satellite/replies"}), qos=1)
             body = json.loads((await get(q)).payload)
             assert body["id"] == "v311-1" and body["ok"] and body["result"]["output"] == "old client"
 
@@ -95,7 +95,7 @@ async def test_mosquitto_rr(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> 
         await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
         proc = await asyncio.create_subprocess_exec(
             "mosquitto_rr", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5", "-t", "sovereign/cmd/infer",
-            "-e", "sovereign/rr/reply", "-m", json.dumps({"task": "echo", "text": "from the shell"}), "-W", "10",
+            "-e", "sovereign/reply/rr/reply", "-m", json.dumps({"task": "echo", "text": "from the shell"}), "-W", "10",
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = await proc.communicate()
         assert proc.returncode == 0, err
@@ -107,7 +107,7 @@ async def test_bad_commands(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> 
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
         await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
         with client(mosquitto.port, paho.MQTTv5, "#") as (c, q):
-            def send(payload: str | bytes, reply: str | None = "sovereign/x/replies") -> None:
+            def send(payload: str | bytes, reply: str | None = "sovereign/reply/x/replies") -> None:
                 props = v5_props(reply, b"c") if reply else None
                 c.publish("sovereign/cmd/infer", payload, qos=1, properties=props)
 
@@ -118,10 +118,10 @@ async def test_bad_commands(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> 
                         return json.loads(m.payload)
 
             send("{not json")
-            body = await reply_on("sovereign/x/replies")
+            body = await reply_on("sovereign/reply/x/replies")
             assert not body["ok"] and body["error"]["code"] == "bad_request" and "JSON" in body["error"]["message"]
             send(json.dumps({"task": "echo", "text": "x", "budget_ms": 0}))
-            body = await reply_on("sovereign/x/replies")
+            body = await reply_on("sovereign/reply/x/replies")
             assert body["error"]["code"] == "bad_request" and "budget_ms" in body["error"]["message"]
             before = hub.state.counters.get("rejected_commands", 0)
             send(json.dumps({"task": "echo", "text": "x"}), reply="elsewhere/steal")  # outside the root
@@ -133,5 +133,5 @@ async def test_bad_commands(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> 
                 seen.append(q.get_nowait().topic)
             assert "elsewhere/steal" not in seen
             send(json.dumps({"task": "echo", "text": "still here"}))
-            body = await reply_on("sovereign/x/replies")
+            body = await reply_on("sovereign/reply/x/replies")
             assert body["ok"] and body["result"]["output"] == "still here"

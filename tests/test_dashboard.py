@@ -121,3 +121,22 @@ async def test_without_the_token_nothing_changes(mosquitto: Any, make_hub: Any, 
         await page.locator("#token-form button").click()
         await page.get_by_test_id("run").click()
         await expect(page.get_by_test_id("task-result")).to_contain_text("let me in")
+
+
+async def test_pending_devices_and_pairing_from_the_page(mosquitto: Any, make_hub: Any, spawn_agent: Any,
+                                                         browser: Browser) -> None:
+    """An unpaired device is shown as pending; the page's button opens a one-time code that pairs it."""
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, pairing={"required": True}) as hub:
+        agent = spawn_agent(mosquitto.url, "watch", None, "--echo", "--no-zeroconf")
+        page = await open_page(browser, hub.http_url + "/")
+        row = page.locator(f'tr[data-id="{agent.device_id}"]')
+        await expect(row).to_have_class("pending", timeout=15000)
+        await expect(page.locator("#device-count")).to_contain_text("1 pending")
+        await page.get_by_test_id("pair").click()
+        text = page.get_by_test_id("pair-code")
+        await expect(text).to_contain_text("--pair ")
+        code = (await text.text_content() or "").split("Code ", 1)[1].split(" ", 1)[0]
+        issued = hub.pairing.redeem(code, agent.device_id)  # what `sovereign agent --pair` does
+        assert issued.username == f"device-{agent.device_id}"
+        await expect(row).to_have_class("online", timeout=5000)
+        await shot(page, "pairing")

@@ -35,13 +35,13 @@ async def _get(hub: Any, path: str) -> tuple[int, Any]:
 
 async def test_a_restart_does_not_lose_deferred_requests(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     deadline = time.time() + 1800
-    with client(mosquitto.port, paho.MQTTv5, "sovereign/phone/replies") as (c, replies):
+    with client(mosquitto.port, paho.MQTTv5, "sovereign/reply/phone/replies") as (c, replies):
         async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
             [agent] = await fleet(hub, spawn_agent, mosquitto.url, ("watch", ("--echo",)))
             _dirty_now_clean_later(hub, time.time() + 600)
             c.publish("sovereign/cmd/infer", json.dumps({"id": "mqtt-batch", "task": "echo", "text": "nightly digest",
                                                          "deadline": deadline}),
-                      qos=1, properties=v5_props("sovereign/phone/replies", b"corr-7"))
+                      qos=1, properties=v5_props("sovereign/reply/phone/replies", b"corr-7"))
             http_call = asyncio.create_task(post(hub, "/api/infer", {"id": "http-batch", "task": "echo",
                                                                      "text": "index my notes", "deadline": deadline}))
             await wait_for(lambda: len(hub.dispatcher.deferred) == 2, 10, what="both requests deferred")
@@ -50,7 +50,7 @@ async def test_a_restart_does_not_lose_deferred_requests(mosquitto: Any, make_hu
             assert {(d["id"], d["state"]) for d in listing["deferred"]} == {("mqtt-batch", "waiting"),
                                                                              ("http-batch", "waiting")}
             assert next(d for d in listing["deferred"] if d["id"] == "mqtt-batch")["reply_topic"] == \
-                "sovereign/phone/replies"
+                "sovereign/reply/phone/replies"
         # The hub is gone while both wait for their window: the HTTP caller's connection with it.
         try:
             await asyncio.wait_for(http_call, 10)
@@ -80,7 +80,7 @@ async def test_a_restart_does_not_lose_deferred_requests(mosquitto: Any, make_hu
             assert status == 404 and doc["error"]["code"] == "unknown_request"
             listing = await asyncio.to_thread(_cli, "deferred", "--url", hub.http_url)
             assert listing.returncode == 0, listing.stderr
-            assert "mqtt-batch" in listing.stdout and "sovereign/phone/replies" in listing.stdout
+            assert "mqtt-batch" in listing.stdout and "sovereign/reply/phone/replies" in listing.stdout
             assert "http-batch" in listing.stdout and "HTTP (by id)" in listing.stdout
             one = await asyncio.to_thread(_cli, "deferred", "http-batch", "--url", hub.http_url)
             assert one.returncode == 0 and "'index my notes' via echo" in one.stdout, one.stdout + one.stderr
@@ -92,12 +92,12 @@ async def test_a_restart_does_not_lose_deferred_requests(mosquitto: Any, make_hu
 def test_store_keeps_the_reply_route_and_drops_old_outcomes(tmp_path: Any) -> None:
     store = DeferredStore(tmp_path / "deferred.sqlite3")
     req = InferRequest(id="r1", task="summarize", text="notes", deadline=2_000_000_000.0)
-    store.add(req, 1_900_000_000.0, ReplyRoute("sovereign/x/replies", b"\x00corr"))
+    store.add(req, 1_900_000_000.0, ReplyRoute("sovereign/reply/x/replies", b"\x00corr"))
     store.close()
     store = DeferredStore(tmp_path / "deferred.sqlite3")
     [w] = store.waiting()
     assert w.request == req and w.run_at == 1_900_000_000.0
-    assert w.reply == ReplyRoute("sovereign/x/replies", b"\x00corr")
+    assert w.reply == ReplyRoute("sovereign/reply/x/replies", b"\x00corr")
     store.finish("r1", {"ok": True}, now=1_000.0)
     assert store.waiting() == [] and store.get("r1")["outcome"] == {"ok": True}
     store.add(InferRequest(id="r2", task="qa", text="?", deadline=3.0), 2.0, None)

@@ -16,9 +16,12 @@ from .conftest import wait_for
 from .payloads import bad_corpus, capability_doc
 
 
-def paho_client(port: int, client_id: str = "", will: tuple[str, bytes] | None = None) -> paho.Client:
+def paho_client(port: int, client_id: str = "", will: tuple[str, bytes] | None = None,
+                login: tuple[str, str] | None = None) -> paho.Client:
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{uuid.uuid4().hex[:8]}",
                     protocol=paho.MQTTv5)
+    if login:
+        c.username_pw_set(*login)
     if will:
         c.will_set(will[0], will[1], qos=1, retain=True)
     c.connect("127.0.0.1", port)

@@ -20,7 +20,8 @@ async def test_embedded_broker_is_supervised(make_hub: Any) -> None:
     async with make_hub(None, broker={"port": 0}, zeroconf={"enabled": False}) as hub:
         broker = hub.embedded_broker
         assert broker is not None and hub.broker_url == f"mqtt://127.0.0.1:{broker.port}"
-        c = paho_client(broker.port)
+        e1, e2 = hub.pairing.pair_device("e1"), hub.pairing.pair_device("e2")  # the embedded broker refuses strangers
+        c = paho_client(broker.port, login=(e1.username, e1.password))
         c.publish("sovereign/device/e1/announce", json.dumps(capability_doc("e1")), qos=1, retain=True).wait_for_publish()
         await wait_for(lambda: hub.registry.get("e1"), 5, what="device via the embedded broker")
         c.loop_stop()
@@ -30,7 +31,7 @@ async def test_embedded_broker_is_supervised(make_hub: Any) -> None:
         await wait_for(lambda: hub.mqtt.connected.is_set() and hub.mqtt.connect_count >= 2, 15, what="hub reconnected")
         # Persistence in the data dir: the retained announcement survived the crash's restart
         # up to the last autosave; a fresh one always works.
-        c = paho_client(broker.port)
+        c = paho_client(broker.port, login=(e2.username, e2.password))
         c.publish("sovereign/device/e2/announce", json.dumps(capability_doc("e2")), qos=1).wait_for_publish()
         await wait_for(lambda: hub.registry.get("e2"), 5, what="device after the restart")
         c.loop_stop()

@@ -110,18 +110,20 @@ async def test_provision_over_a_pty_then_the_board_reaches_the_hub(mosquitto: An
     socat, port = pty_pair(tmp_path, repl_in(tmp_path, board))
     try:
         await wait_for(port.exists, 5)
-        async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        # The secure path: the hub's own authenticated broker, and a board that pairs with a code.
+        async with make_hub(None, broker={"port": 0}, pairing={"required": True}, zeroconf={"enabled": False}) as hub:
+            code = hub.trust.new_code(600, "fw-prov")
             task = asyncio.create_task(asyncio.to_thread(
                 cli, "provision", "--port", str(port), "--device-id", "fw-prov", "--wifi-ssid", "home",
-                "--broker", f"mqtt://127.0.0.1:{mosquitto.port}", "--url", hub.http_url, "--wait-s", "30",
-                timeout=90))
+                "--pair", code, "--url", hub.http_url, "--wait-s", "30", timeout=90))
             await wait_for(lambda: (board / "config.json").exists(), 30, what="config.json on the board")
             # The unix port exits where a board would reboot: "boot" the uploaded firmware.
             await wait_for(lambda: not (board / "config.json.tmp").exists() and (board / "models").is_dir(), 10)
             await asyncio.sleep(1.0)
             cfg = json.loads((board / "config.json").read_text())
-            assert cfg["broker"]["port"] == mosquitto.port and cfg["wifi"] == {"ssid": "home",
-                                                                               "password": "secret-wifi-pw"}
+            assert cfg["broker"]["port"] == hub.embedded_broker.port and cfg["wifi"] == {"ssid": "home",
+                                                                                          "password": "secret-wifi-pw"}
+            assert cfg["broker"]["user"] == "device-fw-prov" and len(cfg["broker"]["password"]) >= 32
             for name in ("main.py", "model.py", "mqtt_lite.py", "models/intent-tiny.json"):
                 assert (board / name).read_bytes() == (FIRMWARE / name).read_bytes(), name
             cfg["battery"] = {"pct": 80}  # the unix port has no ADC
@@ -134,6 +136,8 @@ async def test_provision_over_a_pty_then_the_board_reaches_the_hub(mosquitto: An
                 assert result.returncode == 0, result.stdout + result.stderr
                 assert "fw-prov is online (tiny" in result.stdout
                 assert "secret-wifi-pw" not in result.stdout + result.stderr, "credentials never echoed"
+                assert cfg["broker"]["password"] not in result.stdout + result.stderr
+                assert hub.trust.is_paired("fw-prov")
             finally:
                 booted.kill()
                 booted.wait()

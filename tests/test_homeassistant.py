@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import time
 import uuid
 from typing import Any
 
@@ -16,7 +17,11 @@ import aiohttp
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hub.homeassistant import object_id
+
 from .conftest import wait_for
+from .payloads import capability_doc
+from .test_discovery_mqtt import paho_client
 from .test_dispatch import fleet
 
 
@@ -43,6 +48,23 @@ def drain(q: "queue.Queue[paho.MQTTMessage]", seconds: float = 1.0) -> dict[str,
     return out
 
 
+def retained(port: int, topic: str) -> dict[str, bytes]:
+    """The retained messages on ``topic`` now, as a newly subscribing Home Assistant gets them."""
+    c, q = subscriber(port, topic)
+    try:
+        seen: dict[str, bytes] = {}
+        while True:
+            try:
+                m = q.get(timeout=0.5)  # retained messages come at once after SUBACK
+            except queue.Empty:
+                return seen
+            if m.retain:
+                seen[m.topic] = m.payload
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
 def check_device_payload(doc: dict[str, Any]) -> None:
     assert set(doc["dev"]) >= {"ids", "name"} and doc["o"]["name"] == "sovereign-hub"
     assert doc["availability_topic"] and doc["payload_available"] == "online"
@@ -62,7 +84,7 @@ async def test_discovery_states_rediscovery_and_removal(mosquitto: Any, make_hub
             assert hub_cfg["availability_topic"] == "sovereign/hub/status"
             assert {c["name"] for c in hub_cfg["cmps"].values()} >= {"Grid carbon intensity", "Energy mode",
                                                                      "Saved today against all-cloud", "EEG feedback score"}
-            topic = f"homeassistant/device/sovereign_{phone.device_id.replace('.', '_')}/config"
+            topic = f"homeassistant/device/{object_id(phone.device_id)}/config"
             dev = json.loads(seen[topic])
             check_device_payload(dev)
             assert dev["availability_topic"] == f"sovereign/device/{phone.device_id}/status"
@@ -98,6 +120,74 @@ async def test_disabled_or_another_prefix(mosquitto: Any, make_hub: Any) -> None
         async with make_hub(mosquitto.url, zeroconf={"enabled": False}, homeassistant={"prefix": "ha-test"}):
             seen = await asyncio.to_thread(drain, q, 1.0)
             assert "ha-test/device/sovereign_hub_hub/config" in seen
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+
+async def retained_until(port: int, predicate: Any, timeout: float, what: str) -> dict[str, bytes]:
+    """Poll the retained discovery configs until ``predicate(configs)`` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate(configs := await asyncio.to_thread(retained, port, "homeassistant/device/+/config")):
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}: {sorted(configs)}"
+    return configs
+
+
+async def test_ids_a_fold_would_merge_stay_apart(mosquitto: Any, make_hub: Any) -> None:
+    """``rc.dup`` and ``rc_dup`` were one ``sovereign_rc_dup`` in Home Assistant, and deleting
+    one removed both: ids are escaped, not folded."""
+    oids = {"rc.dup": "sovereign_rc_2edup", "rc_dup": "sovereign_rc__dup", "RC-dup": "sovereign__52_43_2ddup",
+            "rc-dup": "sovereign_rc_2ddup"}
+    topics = {d: f"homeassistant/device/{oid}/config" for d, oid in oids.items()}
+    c = paho_client(mosquitto.port)
+    try:
+        async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+            for device_id in oids:
+                c.publish(f"sovereign/device/{device_id}/announce", json.dumps(capability_doc(device_id)), qos=1,
+                          retain=True).wait_for_publish()
+            seen = await retained_until(mosquitto.port, lambda got: all(got.get(t) for t in topics.values()), 10,
+                                        "the four configs")
+            unique_ids: list[str] = []
+            for device_id, oid in oids.items():
+                doc = json.loads(seen[topics[device_id]])
+                check_device_payload(doc)
+                assert doc["dev"]["ids"] == [oid]
+                assert doc["availability_topic"] == f"sovereign/device/{device_id}/status"
+                assert doc["state_topic"] == f"sovereign/ha/device/{device_id}/state"
+                assert all(uid.startswith(oid + "_") for uid in doc["cmps"])
+                unique_ids += doc["cmps"]
+            assert len(set(unique_ids)) == len(unique_ids) >= 4 * 5
+            # Removing rc.dup leaves the others in Home Assistant.
+            async with aiohttp.ClientSession() as s:
+                async with s.delete(f"{hub.http_url}/api/devices/rc.dup") as r:
+                    assert r.status == 200
+            left = await retained_until(mosquitto.port, lambda got: topics["rc.dup"] not in got, 5,
+                                        "rc.dup's config removed")
+            for device_id in ("rc_dup", "RC-dup", "rc-dup"):
+                assert left.get(topics[device_id]) == seen[topics[device_id]], f"{device_id}'s config stays"
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+async def test_a_pending_device_is_counted_not_an_entity(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    """Home Assistant sees an unpaired device only as the hub's pending count; once paired, its entities."""
+    c, q = subscriber(mosquitto.port, "#")
+    try:
+        async with make_hub(mosquitto.url, zeroconf={"enabled": False}, pairing={"required": True},
+                            homeassistant={"state_interval_s": 1}) as hub:
+            agent = spawn_agent(mosquitto.url, "phone", None, "--no-zeroconf")
+            await wait_for(lambda: hub.registry.get(agent.device_id), 15, what="the announcement")
+            topic = f"homeassistant/device/{object_id(agent.device_id)}/config"
+            seen = await asyncio.to_thread(drain, q, 2.5)
+            assert topic not in seen
+            assert json.loads(seen["sovereign/ha/hub/state"])["devices_pending"] == 1
+            hub_cfg = json.loads(seen["homeassistant/device/sovereign_hub_hub/config"])
+            assert "Devices waiting to be paired" in {c["name"] for c in hub_cfg["cmps"].values()}
+            hub.pairing.pair_device(agent.device_id)
+            seen = await asyncio.to_thread(drain, q, 2.5)
+            check_device_payload(json.loads(seen[topic]))
     finally:
         c.loop_stop()
         c.disconnect()

@@ -24,7 +24,7 @@ async def test_health_and_devices(mosquitto: Any, make_hub: Any, spawn_agent: An
             assert health["broker"] == {"url": mosquitto.url, "connected": True, "embedded": False,
                                         "reconnects": 0, "last_error": ""}
             assert health["counters"]["rejected_messages"] == 0
-            assert health["devices"] == {"total": 1, "online": 1}
+            assert health["devices"] == {"total": 1, "online": 1, "pending": 0}
             plugins = {p["name"]: p for p in health["plugins"]}
             assert plugins["ollama"]["state"] == "loaded"
             assert plugins["fronius"]["state"] == "disabled", "energy plugins run only when configured"

@@ -56,8 +56,10 @@ async def test_rules_are_routed_first_and_managed_from_the_cli(mosquitto: Any, m
         assert listed.returncode == 0 and rule.id in listed.stdout and "proposed" in listed.stdout
         approved = await asyncio.to_thread(cli, "approve", rule.id)
         assert approved.returncode == 0 and approved.stdout.strip() == f"rule {rule.id} is now approved"
-        unknown = await asyncio.to_thread(cli, "approve", "nope")
-        assert unknown.returncode == 1 and "no rule with id 'nope'" in unknown.stderr
+        unknown = await asyncio.to_thread(cli, "approve", "0123456789ab")
+        assert unknown.returncode == 1 and "no rule with id '0123456789ab'" in unknown.stderr
+        malformed = await asyncio.to_thread(cli, "approve", "nope")
+        assert malformed.returncode == 1 and "a rule id is 12 lowercase hex digits" in malformed.stderr
         async with aiohttp.ClientSession() as s:
             async with s.post(f"{hub.http_url}/api/route", json={"task": "intent", "text": "Turn off the lights"}) as r:
                 d = await r.json()

@@ -34,7 +34,9 @@ RESEND_AFTER_S = 3.0
 def start_hub(tmp: Path, hub_id: str, broker: str) -> tuple[subprocess.Popen[bytes], str]:
     conf = tmp / f"{hub_id}.toml"
     conf.write_text(f'hub_id = "{hub_id}"\ndata_dir = "{tmp / hub_id}"\nlog_level = "warning"\n'
-                    f'[mqtt]\nurl = "{broker}"\n[http]\nport = 0\nrequire_token = "remote"\n[zeroconf]\nenabled = false\n')
+                    f'[mqtt]\nurl = "{broker}"\n[http]\nport = 0\nrequire_token = "remote"\n[zeroconf]\nenabled = false\n'
+                    # an anonymous test broker: trust its devices (tests/test_trust.py covers pairing)
+                    '[pairing]\nrequired = false\n')
     proc = subprocess.Popen([sys.executable, "-m", "hub", "run", "--config", str(conf)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     assert proc.stdout is not None
@@ -78,10 +80,10 @@ async def test_two_hubs_share_commands_and_survive_a_kill(mosquitto: Any, spawn_
         c.on_message = on_message
         c.connect("127.0.0.1", mosquitto.port)
         c.loop_start()
-        c.subscribe("sovereign/load/replies", qos=1)
+        c.subscribe("sovereign/reply/load/replies", qos=1)
         await asyncio.sleep(0.2)
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = "sovereign/load/replies"
+        props.ResponseTopic = "sovereign/reply/load/replies"
         sent: dict[str, float] = {}
 
         def send(i: int) -> None:

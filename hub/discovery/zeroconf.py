@@ -86,6 +86,13 @@ class ZeroconfDiscovery:
         if not addresses or not info.port:
             self.rejections.reject(where, "no address or port")
             return
+        if self.registry.hint_only(device_id):
+            # Nothing is fetched from an address anyone on the LAN can announce; the device's
+            # capabilities and state stay what its MQTT identity says.
+            self._names[name] = device_id
+            if device_id in self.registry:
+                self.registry.liveness(device_id, "zeroconf", True, reason="mDNS record")
+            return
         port = int(txt["http_port"]) if txt.get("http_port", "").isdigit() else info.port
         cap = await self._fetch(where, addresses, port)
         if cap is None:

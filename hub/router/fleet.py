@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..energy.model import EnergySnapshot
-from ..registry import DeviceRecord
+from ..registry import HINT_SOURCES, DeviceRecord
 from .model import DeviceView, FleetSnapshot
 
 
-def fleet_snapshot(records: list[DeviceRecord], energy: EnergySnapshot) -> FleetSnapshot:
+def _anyone(_device_id: str) -> bool:
+    return True
+
+
+def fleet_snapshot(records: list[DeviceRecord], energy: EnergySnapshot,
+                   trusted: Callable[[str], bool] = _anyone) -> FleetSnapshot:
+    """Only trusted (paired) devices that are online through a source that proves identity: an
+    mDNS record alone is a hint that anyone on the LAN can forge."""
     views = []
     for rec in records:
-        if not rec.online:
+        if not rec.online or not trusted(rec.id) or not any(
+                on for source, on in rec.sources.items() if source not in HINT_SOURCES):
             continue
         cap, report = rec.capability, rec.energy
         power = energy.devices.get(rec.id)

@@ -35,8 +35,10 @@ function deviceRow(d) {
   const load = d.energy?.load?.active ?? 0;
   const battery = d.energy?.battery_pct ?? power.battery_pct;
   const source = d.energy?.source ?? power.source ?? "";
-  return `<tr data-id="${esc(d.id)}" class="${d.online ? "online" : "offline"}">
-    <td>${esc(d.id)}</td><td>${esc(d.tier)}</td><td>${d.online ? "online" : "offline"}</td><td>${esc(source)}</td>
+  // "pending": seen but not paired, never routed to (docs/security.md).
+  const status = d.state || (d.online ? "online" : "offline");
+  return `<tr data-id="${esc(d.id)}" class="${esc(status)}">
+    <td>${esc(d.id)}</td><td>${esc(d.tier)}</td><td>${esc(status)}</td><td>${esc(source)}</td>
     <td>${battery === undefined || battery === null ? "–" : num(battery) + "%"}</td><td>${load}</td>
     <td class="models" title="${esc(models(d))}">${esc(models(d))}</td></tr>`;
 }
@@ -49,9 +51,18 @@ function renderDevices() {
   state.page = Math.min(state.page, pages - 1);
   $("devices").innerHTML = all.slice(state.page * PAGE, (state.page + 1) * PAGE).map(deviceRow).join("");
   $("page").textContent = `page ${state.page + 1} of ${pages}`;
-  const online = [...state.devices.values()].filter((d) => d.online).length;
-  $("device-count").textContent = `${online} online, ${state.devices.size} known`;
+  const online = [...state.devices.values()].filter((d) => d.online && d.state !== "pending").length;
+  const pending = [...state.devices.values()].filter((d) => d.state === "pending").length;
+  $("device-count").textContent = `${online} online, ${state.devices.size} known` + (pending ? `, ${pending} pending` : "");
 }
+
+// A one-time pairing code for a new device (an admin write: needs the token off loopback).
+$("pair").addEventListener("click", async () => {
+  const { status, doc } = await api("POST", "/api/pair/codes", {});
+  if (status !== 201) { $("pair-code").textContent = doc.error?.message || `HTTP ${status}`; return; }
+  const until = new Date(doc.expires_at * 1000).toLocaleTimeString();
+  $("pair-code").textContent = `Code ${doc.code} (one use, until ${until}). On the device: ${doc.agent_command}`;
+});
 
 // -- energy -----------------------------------------------------------------------------------
 function renderEnergy(e) {
