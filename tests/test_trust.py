@@ -254,6 +254,7 @@ async def test_an_unpaired_device_is_pending_and_never_routed(mosquitto: Any, ma
         await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 20, what="announcement")
         status, doc = await api(hub, "GET", f"/api/devices/{agent.device_id}")
         assert doc["state"] == "pending" and not doc["paired"]
+        assert hub.state.counters["pending_announcements"] >= 1
         status, answer = await api(hub, "POST", "/api/infer", {"task": "echo", "text": "x"})
         assert status == 503 and answer["error"]["code"] == "no_route", answer
         out = await cli("devices", "--url", hub.http_url)
@@ -286,18 +287,29 @@ async def test_a_forged_mdns_record_cannot_rewrite_a_paired_device(make_hub: Any
         async with serve_app(app) as url:
             port = int(url.rsplit(":", 1)[1])
             azc = open_zeroconf(["127.0.0.1"])
-            info = AsyncServiceInfo(SERVICE_TYPE, f"impostor-{device_id}.{SERVICE_TYPE}",
-                                    addresses=[socket.inet_aton("127.0.0.1")], port=port,
-                                    properties={"id": device_id, "tier": "small", "v": "1", "http_port": str(port)},
-                                    server=f"impostor-{device_id}.local.")
-            await (await azc.async_register_service(info))
-            await wait_for(lambda: "zeroconf" in rec.sources, 20, what="the record seen (as a hint)")
+
+            def record(instance: str) -> AsyncServiceInfo:
+                return AsyncServiceInfo(SERVICE_TYPE, f"{instance}.{SERVICE_TYPE}",
+                                        addresses=[socket.inet_aton("127.0.0.1")], port=port,
+                                        properties={"id": device_id, "tier": "small", "v": "1", "http_port": str(port)},
+                                        server=f"{instance}.local.")
+
+            # Another instance name claiming the paired id: refused and counted.
+            impostor = record(f"impostor-{device_id}")
+            await (await azc.async_register_service(impostor))
+            await wait_for(lambda: hub.state.counters.get("zeroconf_refused"), 20, what="the impostor refused")
+            assert "zeroconf" not in rec.sources
+            # The device's own instance name: a hint only — nothing fetched, nothing rewritten …
+            same_name = record(device_id)
+            await (await azc.async_register_service(same_name))
+            await wait_for(lambda: "zeroconf" in rec.sources, 20, what="the record seen as a hint")
             assert hub.registry.get(device_id).capability == real and fetched == []
-            # The device's MQTT session ends: the lingering record does not keep it alive.
+            # … and it does not hold the device up once its MQTT identity says it is gone.
             c.publish(f"sovereign/device/{device_id}/status", b"offline", qos=1, retain=True).wait_for_publish(5)
             await wait_for(lambda: not hub.registry.get(device_id).online, 5, what="offline despite the record")
             close(c)
-            await (await azc.async_unregister_service(info))
+            for info in (impostor, same_name):
+                await (await azc.async_unregister_service(info))
             await azc.async_close()
         assert hub.registry.get(device_id).capability == real
 

@@ -71,6 +71,9 @@ class MqttDiscovery:
             self.rejections.reject(f"topic {topic!r}", f"payload id {cap.id!r} does not match the topic's id {device_id!r}")
             return
         self.registry.announce(cap, "mqtt", at, live=not retained)
+        if not self.registry.is_trusted(device_id):
+            self.rejections.reject(f"topic {topic!r}", f"device {device_id!r} is not paired: listed as pending, "
+                                   "never routed to", counter="pending_announcements")
 
     def _energy(self, topic: str, device_id: str, payload: bytes, at: float) -> None:
         try:

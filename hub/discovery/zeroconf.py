@@ -89,6 +89,10 @@ class ZeroconfDiscovery:
         if self.registry.hint_only(device_id):
             # Nothing is fetched from an address anyone on the LAN can announce; the device's
             # capabilities and state stay what its MQTT identity says.
+            if name != f"{device_id}.{SERVICE_TYPE}":  # an agent names its record after its id
+                self.rejections.reject(where, f"claims the known device id {device_id!r} under another name: "
+                                       "ignored", counter="zeroconf_refused")
+                return
             self._names[name] = device_id
             if device_id in self.registry:
                 self.registry.liveness(device_id, "zeroconf", True, reason="mDNS record")
