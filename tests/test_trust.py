@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import socket
 import ssl
@@ -75,6 +76,14 @@ async def api(hub: Any, method: str, path: str, body: Any = None, **headers: str
     async with aiohttp.ClientSession() as s:
         async with s.request(method, hub.http_url + path, json=body, headers=headers) as r:
             return r.status, await r.json()
+
+
+def first_line_with(proc: subprocess.Popen[bytes], text: bytes) -> bytes:
+    assert proc.stdout is not None
+    for line in iter(proc.stdout.readline, b""):
+        if text in line:
+            return line
+    return b""
 
 
 async def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -337,3 +346,60 @@ async def test_tls_listener_with_the_hubs_ca(make_hub: Any, tmp_path: Path, spaw
         await wait_for(lambda: (r := hub.registry.get("tls-dev")) and r.online, 30, what="agent over TLS")
         saved = json.loads(creds.read_text())
         assert saved["broker_url"].startswith("mqtts://") and Path(saved["ca_file"]).read_text() == ca.read_text()
+
+
+async def test_the_readmes_lan_setup_pairs_over_tls(tmp_path: Path) -> None:
+    """The README's LAN example as written — broker and API on 0.0.0.0, a token, `sovereign pair`,
+    `sovereign agent --hub … --pair CODE` — inside a network namespace this test makes, whose only
+    interface is its own loopback: listening on every interface reaches nothing beyond it."""
+    ns = f"sov-{uuid.uuid4().hex[:8]}"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+        pytest.skip("needs root for `ip netns add`")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def in_ns(*argv: str, **kw: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "hub", *argv], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+        procs.append(proc)
+        return proc
+
+    def run_in_ns(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "hub", *argv], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        token = uuid.uuid4().hex
+        conf = tmp_path / "hub.toml"
+        conf.write_text(f'data_dir = "{tmp_path / "data"}"\n[broker]\nhost = "0.0.0.0"\nport = 18883\n'
+                        f'[http]\nhost = "0.0.0.0"\nport = 18700\ntoken = "{token}"\n[zeroconf]\nenabled = false\n')
+        hub_proc = in_ns("run", "--config", str(conf))
+        line = await asyncio.to_thread(first_line_with, hub_proc, b"API")
+        assert b"broker mqtts://" in line, line  # TLS turned itself on off loopback
+        env = {**os.environ, "SOVEREIGN_TOKEN": token}
+        no_token = run_in_ns("pair", "--url", "http://127.0.0.1:18700", env={**env, "SOVEREIGN_TOKEN": ""})
+        assert no_token.returncode == 1 and "admin token" in no_token.stderr
+        paired = await asyncio.to_thread(run_in_ns, "pair", "--url", "http://127.0.0.1:18700", "--json", env=env)
+        assert paired.returncode == 0, paired.stderr
+        code = json.loads(paired.stdout)["code"]
+        creds = tmp_path / "laptop.json"
+        in_ns("agent", "--hub", "http://127.0.0.1:18700", "--pair", code, "--id", "lan-laptop", "--echo",
+              "--no-zeroconf", "--credentials", str(creds), "--http-host", "127.0.0.1")
+        for _ in range(150):
+            answer = await asyncio.to_thread(run_in_ns, "infer", "--task", "echo", "over the LAN", "--url",
+                                             "http://127.0.0.1:18700", env=env)
+            if answer.returncode == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert answer.stdout.strip() == "over the LAN" and "lan-laptop" in answer.stderr, answer.stderr
+        saved = json.loads(creds.read_text())
+        assert saved["broker_url"] == "mqtts://127.0.0.1:18883" and Path(saved["ca_file"]).is_file()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
