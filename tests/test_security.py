@@ -51,6 +51,8 @@ async def test_tls_and_password(secure_broker: Any, tmp_path: Path, make_hub: An
                         mqtt={"username": "hubuser", "password_file": str(tmp_path / "mqtt-password"),
                               "tls": _tls(tmp_path)}) as hub:
         assert hub.broker_url == url
+        # The start-up probe found that this broker refuses anonymous clients: no warning.
+        assert not [w for w in hub.security_warnings if "anonymous" in w]
         monkeypatch.setenv("SOVEREIGN_MQTT_PASSWORD", "s3cret-pass")
         agent = spawn_agent(url, "watch", None, "--no-zeroconf", "--username", "hubuser",
                             "--ca-file", str(tmp_path / "ca.crt"), "--cert-file", str(tmp_path / "client.crt"),
