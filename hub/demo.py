@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -74,6 +75,20 @@ class AgentProcess:
                 await self._task
 
 
+def sovereign_command() -> str:
+    """How to run `sovereign` from the user's shell: what `./dev demo` says it is (its PATH is not
+    the user's), else the bare name when it is the one on PATH, else this installation's path."""
+    if named := os.environ.get("SOVEREIGN_CLI"):
+        return named
+    here = Path(sys.executable).parent / "sovereign"
+    if not here.exists() or shutil.which("sovereign") == str(here):
+        return "sovereign"
+    try:
+        return str(here.relative_to(Path.cwd()))
+    except ValueError:
+        return str(here)
+
+
 def pair_demo_agent(hub: Hub, device_id: str) -> Path:
     """The demo pairs its own agents (no code to type): a fresh login for each, written where
     the agent reads its credentials (data_dir/agents/, mode 0600)."""
@@ -118,6 +133,7 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
         return 1
     agents = [AgentProcess(p, hub.broker_url, pair_demo_agent(hub, f"demo-{p}")) for p in FLEET]
     url = "" if http_port == 8700 else f" --url {hub.http_url}"
+    cli = sovereign_command()
     try:
         for agent in agents:
             agent.start()
@@ -128,9 +144,9 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
               f"  Broker:  {hub.broker_url}\n"
               f"  Devices: {', '.join(a.device_id for a in agents)} (agent processes)\n"
               f"  Energy:  {hub.http_url}/api/energy (2020 GB grid replayed at {replay_speed:g}x)\n"
-              f"Try: sovereign devices{url}, sovereign energy{url},\n"
-              f"     sovereign infer --task intent 'schedule a meeting with Ana tomorrow at ten'{url},\n"
-              f"     sovereign infer --task qa --stream 'what is a heat pump?'{url}   — Ctrl-C stops everything.",
+              f"Try: {cli} devices{url}, {cli} energy{url},\n"
+              f"     {cli} infer --task intent 'schedule a meeting with Ana tomorrow at ten'{url},\n"
+              f"     {cli} infer --task qa --stream 'what is a heat pump?'{url}   — Ctrl-C stops everything.",
               flush=True)
         await stop.wait()
     finally:

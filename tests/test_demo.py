@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -56,3 +57,12 @@ def test_demo_shows_three_tiers_and_stops_cleanly(tmp_path: Path) -> None:
     finally:
         if demo.poll() is None:
             demo.kill()
+
+
+def test_the_banner_names_a_command_the_users_shell_can_run(monkeypatch: Any) -> None:
+    from hub.demo import sovereign_command
+    monkeypatch.setenv("SOVEREIGN_CLI", ".venv/bin/sovereign")  # what ./dev demo says
+    assert sovereign_command() == ".venv/bin/sovereign"
+    monkeypatch.delenv("SOVEREIGN_CLI")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # not on PATH: this installation's own path
+    assert sovereign_command().endswith("bin/sovereign") and sovereign_command() != "sovereign"
