@@ -8,11 +8,14 @@ reported instead of silently ignored.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 #: Version of the capability document. A device announcing another major version is rejected
 #: with a message naming both versions; minor additions stay compatible.
@@ -67,6 +70,88 @@ def check_task_input(task: str, inputs: dict[str, object]) -> None:
     given = [k for k, v in inputs.items() if v is not None]
     if len(given) > 1:
         raise ValueError(f"give one input, not {' and '.join(given)}")
+
+
+#: Which input each known task takes, and what it is, in words (what the executors accept:
+#: language models, the code rules, the text classifiers and the firmware read ``text``; the
+#: EEG-state model a JSON array of numbers in ``text`` or float32 bytes in ``data``; speech
+#: models audio, inline or by reference; ``echo`` anything).
+TASK_INPUTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "intent": (("text",), "the text to classify"),
+    "classify": (("text", "data"), "the text (or the feature bytes) to classify"),
+    "embed": (("text",), "the text to embed"),
+    "transcribe": (("data", "ref"), "audio: base64 bytes in data, or a ref the device resolves"),
+    "summarize": (("text",), "the text to summarise"),
+    "qa": (("text",), "the question as text"),
+    "format": (("text",), "the text to format"),
+    "draft": (("text",), "the instructions as text"),
+    "code": (("text",), "the request as text"),
+    "reason": (("text",), "the problem as text"),
+    "vision": (("text", "data", "ref"), "an image (base64 in data, or a ref) or a prompt in text"),
+    "eeg": (("text", "data", "ref"), "a feature vector: a JSON array of numbers in text, little-endian float32 "
+                                     "bytes in data, or a ref to a window the device holds"),
+    "echo": (("text", "data", "ref"), "anything"),
+}
+INPUT_FIELDS = ("text", "data", "ref")
+
+
+def input_problem(task: str, text: str | None, data: str | None, ref: str | None,
+                  required: bool = False) -> tuple[str, str] | None:
+    """What is wrong with a request's input for its task, as (field, why); None when it fits.
+
+    Empty or whitespace-only text, empty data or ref, an input the task does not take, and
+    (``required``) no input at all. Unknown tasks are :func:`check_task_input`'s to refuse;
+    ``data`` is valid base64 (checked before)."""
+    spec = TASK_INPUTS.get(task)
+    if spec is None:
+        return None
+    takes, what = spec
+    given = {"text": text, "data": data, "ref": ref}
+    for name in INPUT_FIELDS:
+        value = given[name]
+        if value is None:
+            continue
+        if name not in takes:
+            return name, (f"{task} does not take {name}: it takes {what} "
+                          f"(give {' or '.join(takes)})")
+        if value == "":
+            return name, f"empty: {task} needs {what}"
+        if not value.strip():
+            return name, f"only whitespace ({len(value)} characters): {task} needs {what}"
+        if task == "eeg" and name == "text":
+            why = _number_array_problem(value)
+            if why:
+                return name, f"{why}: eeg takes a JSON array of numbers in text (or float32 bytes in data)"
+        if task == "eeg" and name == "data":
+            size = len(value) * 3 // 4 - value[-2:].count("=")
+            if size % 4:
+                return name, f"{size} bytes is not a whole number of little-endian float32 values"
+        return None
+    if required:
+        return takes[0], f"missing: {task} needs {what} (give {' or '.join(takes)})"
+    return None
+
+
+def input_error(title: str, field: str, why: str, value: object) -> ValidationError:
+    """:func:`input_problem`'s answer as a validation error located at the input field
+    (``text: empty: ...``), not at the model, for a model validator to raise."""
+    return ValidationError.from_exception_data(title, [InitErrorDetails(
+        type=PydanticCustomError("bad_input", "{why}", {"why": why}), loc=(field,), input=value)])
+
+
+def _number_array_problem(text: str) -> str | None:
+    try:
+        values = json.loads(text)
+    except (ValueError, RecursionError):
+        return "not JSON"
+    if not isinstance(values, list):
+        return f"a JSON {type(values).__name__}, not an array"
+    if not values:
+        return "an empty array"
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"value {i} ({str(v)[:20]}) is not a finite number"
+    return None
 
 
 class _Strict(BaseModel):

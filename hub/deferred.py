@@ -64,12 +64,26 @@ class DeferredStore:
             self._db.execute("DELETE FROM deferred WHERE state = 'done' AND finished_at < ?", (now - KEEP_FINISHED_S,))
 
     def waiting(self) -> list[Waiting]:
+        from pydantic import ValidationError
+
+        from .config import format_validation_error
         from .dispatch import InferRequest
         with self._lock:
-            rows = self._db.execute("SELECT request, run_at, reply_topic, correlation FROM deferred"
+            rows = self._db.execute("SELECT id, request, run_at, reply_topic, correlation FROM deferred"
                                     " WHERE state = 'waiting' ORDER BY run_at").fetchall()
-        return [Waiting(InferRequest.model_validate_json(doc), run_at,
-                        ReplyRoute(topic, correlation) if topic else None) for doc, run_at, topic, correlation in rows]
+        out = []
+        for request_id, doc, run_at, topic, correlation in rows:
+            try:
+                req = InferRequest.model_validate_json(doc)
+            except ValidationError as exc:
+                # Written by an older hub that took what this one refuses (an empty text, say):
+                # finished as refused rather than stopping the hub's start.
+                why = format_validation_error(exc).replace("\n", "; ")
+                self.finish(request_id, {"id": request_id, "ok": False,
+                                         "error": {"code": "bad_request", "message": why}})
+                continue
+            out.append(Waiting(req, run_at, ReplyRoute(topic, correlation) if topic else None))
+        return out
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         with self._lock:

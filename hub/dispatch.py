@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +49,7 @@ class InferRequest(TaskRequest):
     """What a client sends to run a task (``POST /api/infer``, ``<root>/cmd/infer``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    input_required: ClassVar[bool] = True  # a task to run names what it runs on
     stream: bool = Field(default=False, description="Stream text as it is generated")
     options: dict[str, Any] = Field(default_factory=dict, description="max_tokens, temperature, system")
     timeout_ms: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_MS, description="Hard limit for the whole request")
@@ -87,6 +89,7 @@ class InferOutcome:
     deferred_s: float = 0.0
     votes: dict[str, int] | None = None
     hub: str = ""  # which hub answered (several may share a fleet)
+    runtime: str = ""  # the answering model's runtime (the cache's key; not in the document)
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": self.id, "hub": self.hub, "task": self.task, "ok": self.ok, "output": self.output,
@@ -249,6 +252,24 @@ class Dispatcher:
 
     async def _infer(self, req: InferRequest, emit: OnChunk | None, started: float,
                      reply: ReplyRoute | None) -> InferOutcome:
+        if emit is None:
+            return await self._answer(req, None, reply)
+        sent = False
+
+        async def tracked(chunk: str) -> None:
+            nonlocal sent
+            sent = True
+            await emit(chunk)
+
+        out = await self._answer(req, tracked, reply)
+        if out.ok and not sent and out.output is not None:
+            # Answered without streaming (a compiled pattern, the cache, a consensus, a model
+            # that does not stream): the whole answer as one chunk, so that a streaming client
+            # shows it like any other.
+            await emit(out.output if isinstance(out.output, str) else json.dumps(out.output))
+        return out
+
+    async def _answer(self, req: InferRequest, emit: OnChunk | None, reply: ReplyRoute | None) -> InferOutcome:
         hub = self.hub
         rule = hub.rules.match(req)
         if rule is not None:
@@ -267,22 +288,27 @@ class Dispatcher:
             return InferOutcome(req.id, req.task, False, error={"code": "no_route", "message": reasons[-1]},
                                 reasons=reasons + [f"{e.device_id}/{e.model}: {e.reason}" for e in decision.excluded],
                                 deferred_s=deferred_s)
-        cached = hub.cache.get(req, decision.chosen.tier.value)
-        if cached is not None:
-            self._ledger(req, "cache", cached.get("model", ""), "cache", True, 0.0, 0.0, 0.0, 0.0)
+        # Only answers of a model the router accepts for this request now, announced with the
+        # same runtime by an online device: the chain's (model, runtime) pairs, best first.
+        hit = hub.cache.get(req, [(c.model, c.runtime) for c in decision.chain])
+        if hit is not None:
+            (model, runtime), cached = hit
+            self._ledger(req, "cache", model, "cache", True, 0.0, 0.0, 0.0, 0.0)
             # A hot question answered again counts toward a compiled pattern, cached or not.
             hub.rules.observe(req, cached.get("output"))
             return InferOutcome(req.id, req.task, True, cached.get("output"), {"device": "cache",
-                                "model": cached.get("model", ""), "layer": "cache"}, cached.get("confidence"),
-                                cached=True, reasons=reasons + ["answered from the cache"], deferred_s=deferred_s)
+                                "model": model, "layer": "cache"}, cached.get("confidence"),
+                                cached=True, reasons=reasons + [f"answered from the cache ({model}, {runtime})"],
+                                deferred_s=deferred_s)
         if req.mode == "consensus":
             out = await self._consensus(req, decision, reasons)
         else:
             out = await self._chain(req, decision, emit, reasons)
         out.deferred_s = deferred_s
-        if out.ok and out.served_by is not None:
-            hub.cache.put(req, decision.chosen.tier.value, {"output": out.output, "model": out.served_by["model"],
-                                                            "confidence": out.confidence})
+        # A simulated answer (no model ran) is neither kept nor compiled into a rule.
+        if out.ok and out.served_by is not None and not out.simulated:
+            hub.cache.put(req, (out.served_by["model"], out.runtime),
+                          {"output": out.output, "confidence": out.confidence})
             proposed = hub.rules.observe(req, out.output)
             if proposed is not None:
                 log.info("compiled pattern proposed: %s", proposed.id)
@@ -400,6 +426,7 @@ class Dispatcher:
                     continue
                 out.ok, out.output, out.confidence = True, answer.get("output"), conf
                 out.served_by = {"device": cand.device_id, "model": cand.model, "layer": cand.tier.value}
+                out.runtime = cand.runtime
                 out.simulated = bool(answer.get("simulated"))
                 self._account(out, cand, answer)
                 if len(out.attempts) > 1:
@@ -507,6 +534,7 @@ class Dispatcher:
             out.confidence = ans.get("confidence")
         out.ok, out.output = True, ans.get("output")
         out.served_by = {"device": cand.device_id, "model": cand.model, "layer": cand.tier.value}
+        out.runtime, out.simulated = cand.runtime, bool(ans.get("simulated"))
         for c, a in answers:
             self._account(out, c, a)
         return out

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .capability import PROTOCOL_VERSION, check_task_input
+from .capability import PROTOCOL_VERSION, check_task_input, input_error, input_problem
 
 METHODS = ("health", "echo", "infer", "cancel")
 #: Longest a single call may be given, on the wire (an hour: batch transcription on a laptop).
@@ -53,6 +53,11 @@ class InferParams(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "InferParams":
         check_task_input(self.task, {"text": self.text, "data": self.data, "ref": self.ref})
+        # The same input rules as the hub's (a direct caller, another hub): refused as the
+        # caller's error before any executor runs.
+        problem = input_problem(self.task, self.text, self.data, self.ref, required=True)
+        if problem is not None:
+            raise input_error(type(self).__name__, *problem, getattr(self, problem[0]))
         return self
 
 

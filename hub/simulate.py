@@ -248,10 +248,12 @@ def run_policy(policy: str, fleet: FleetFile, trace: list[TraceTask], carbon: Se
                 heapq.heappush(queue, (plan.run_at - start, n + len(result.delays), task, submitted))
                 continue
         result.tasks += 1
-        cached = cache.get(req, decision.chosen.tier.value if decision.chosen else "", now=now)
-        if cached is not None:
+        # The simulated cache keys answers by the chosen layer (the fleet file's models do not
+        # change runtime during a replay), as the hub did before it keyed them by model.
+        hit = cache.get(req, [(decision.chosen.tier.value, "layer")] if decision.chosen else [], now=now)
+        if hit is not None:
             result.latencies.append(1.0)
-            result.quality_sum += cached["quality"]
+            result.quality_sum += hit[1]["quality"]
             continue
         latency_total = 0.0
         served = False
@@ -278,7 +280,7 @@ def run_policy(policy: str, fleet: FleetFile, trace: list[TraceTask], carbon: Se
                 served = True
                 result.escalations += i > 0
                 result.quality_sum += cand.quality
-                cache.put(req, cand.tier.value, {"quality": cand.quality}, now=now)
+                cache.put(req, (cand.tier.value, "layer"), {"quality": cand.quality}, now=now)
                 break
             result.failures += 1
         result.latencies.append(latency_total)

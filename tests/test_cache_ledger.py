@@ -21,31 +21,73 @@ from .conftest import ROOT
 NOW = 1_800_000_000.0
 
 
+TFLITE = ("intent-tiny", "tflite")
+
+
 def test_cache_hits_on_the_same_normalised_question(tmp_path: Path) -> None:
     c = ResultCache(CacheConfig(), tmp_path / "cache.sqlite3")
     a = TaskRequest(task="intent", text="Schedule  a MEETING with Ana")
     b = TaskRequest(task="intent", text="schedule a meeting with ana ")
-    assert cache_key(a, "tiny") == cache_key(b, "tiny") != cache_key(a, "small")
-    assert c.get(a, "tiny", now=NOW) is None
-    assert c.put(a, "tiny", {"label": "schedule_meeting"}, now=NOW)
-    assert c.get(b, "tiny", now=NOW + 10) == {"label": "schedule_meeting"}
-    assert c.get(b, "tiny", now=NOW + 86401) is None, "the intent TTL is a day"
+    assert cache_key(a, TFLITE) == cache_key(b, TFLITE) != cache_key(a, ("smollm2-135m", "llamacpp"))
+    assert c.get(a, [TFLITE], now=NOW) is None
+    assert c.put(a, TFLITE, {"label": "schedule_meeting"}, now=NOW)
+    assert c.get(b, [TFLITE], now=NOW + 10) == (TFLITE, {"label": "schedule_meeting"})
+    assert c.get(b, [TFLITE], now=NOW + 86401) is None, "the intent TTL is a day"
     assert (c.hits, c.misses) == (1, 2)
+    c.close()
+
+
+def test_an_answer_is_served_only_for_the_model_and_runtime_that_gave_it(tmp_path: Path) -> None:
+    c = ResultCache(CacheConfig(), tmp_path / "cache.sqlite3")
+    q = TaskRequest(task="qa", text="What is the capital of France?")
+    assert c.put(q, ("smollm2-135m", "llamacpp"), {"output": "Paris"}, now=NOW)
+    # The same model announced with another runtime, or another model: not its answer.
+    assert c.get(q, [("smollm2-135m", "ollama"), ("llama3.1:8b", "ollama")], now=NOW) is None
+    # The chain's order decides which of several answers is served.
+    big, small = ("llama3.1:8b", "ollama"), ("smollm2-135m", "llamacpp")
+    assert c.put(q, big, {"output": "Paris, France"}, now=NOW)
+    assert c.get(q, [big, small], now=NOW) == (big, {"output": "Paris, France"})
+    assert c.get(q, [small, big], now=NOW) == (small, {"output": "Paris"})
+    # The simulated runtime's answers are never kept, nor looked for.
+    assert not c.put(q, ("smollm2-135m", "simulated"), {"output": "[simulated] ..."}, now=NOW)
+    assert c.get(q, [("smollm2-135m", "simulated")], now=NOW) is None
+    assert c.put(TaskRequest(task="intent", text="lights off"), TFLITE, {"output": "lights_off"}, now=NOW)
+    assert (c.count(), c.count("qa"), c.count("intent")) == (3, 2, 1)
+    assert c.clear("qa") == 2 and c.count() == 1
+    assert c.clear() == 1 and c.count() == 0
+    c.close()
+
+
+def test_answers_kept_before_they_named_their_model_are_dropped(tmp_path: Path) -> None:
+    """The old table keyed by layer held the simulated runtime's answers: it goes."""
+    import sqlite3
+    path = tmp_path / "cache.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE results (key TEXT PRIMARY KEY, task TEXT, stored REAL, expires REAL, result TEXT)")
+    db.execute("INSERT INTO results VALUES ('k', 'qa', 1, 9e9, '{\"output\": \"simulated\"}')")
+    db.commit()
+    db.close()
+    c = ResultCache(CacheConfig(), path)
+    assert c.count() == 0
+    assert c._db.execute("SELECT name FROM sqlite_master WHERE name = 'results'").fetchone() is None
     c.close()
 
 
 def test_never_cached_and_bounded(tmp_path: Path) -> None:
     c = ResultCache(CacheConfig(max_entries=100), None)
+    small = ("smollm2-135m", "llamacpp")
     draft = TaskRequest(task="draft", text="write to Ana")
-    assert not c.put(draft, "small", {"text": "Dear Ana"}) and c.get(draft, "small") is None
-    assert not c.put(TaskRequest(task="intent", text="x", mode="consensus"), "tiny", {})
-    assert not c.put(TaskRequest(task="classify"), "tiny", {}), "no input: nothing says two requests are the same"
+    assert not c.put(draft, small, {"text": "Dear Ana"}) and c.get(draft, [small]) is None
+    assert not c.put(TaskRequest(task="intent", text="x", mode="consensus"), TFLITE, {})
+    assert not c.put(TaskRequest(task="classify"), TFLITE, {}), "no input: nothing says two requests are the same"
+    whisper = ("whisper-base", "llamacpp")
     clip = TaskRequest(task="transcribe", ref="audio/1.wav", input_size=160_000)
-    assert c.put(clip, "small", {"text": "hi"}) and c.get(clip.model_copy(update={"ref": "audio/2.wav"}), "small") is None
+    assert c.put(clip, whisper, {"text": "hi"})
+    assert c.get(clip.model_copy(update={"ref": "audio/2.wav"}), [whisper]) is None
     for i in range(150):
-        c.put(TaskRequest(task="classify", text=f"item {i}"), "tiny", {"i": i}, now=NOW + i)
-    assert c.get(TaskRequest(task="classify", text="item 0"), "tiny", now=NOW + 200) is None, "oldest evicted"
-    assert c.get(TaskRequest(task="classify", text="item 149"), "tiny", now=NOW + 200) == {"i": 149}
+        c.put(TaskRequest(task="classify", text=f"item {i}"), TFLITE, {"i": i}, now=NOW + i)
+    assert c.get(TaskRequest(task="classify", text="item 0"), [TFLITE], now=NOW + 200) is None, "oldest evicted"
+    assert c.get(TaskRequest(task="classify", text="item 149"), [TFLITE], now=NOW + 200) == (TFLITE, {"i": 149})
     assert c.purge(now=NOW + 10 ** 6) == 100
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..capability import ModelSpec, Tier, check_task_input
+from ..capability import ModelSpec, Tier, check_task_input, input_error, input_problem
 
 if TYPE_CHECKING:
     from .stats import Learned
@@ -18,9 +18,13 @@ MAX_BUDGET_MS = 10 * 60 * 1000
 
 
 class TaskRequest(BaseModel):
-    """A task to route. Exactly one of text, data (base64) or ref carries the input."""
+    """A task to route. Exactly one of text, data (base64) or ref carries the input, and it must
+    be one the task takes (``hub.capability.TASK_INPUTS``): never empty or whitespace only."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: A request to run (InferRequest) must carry its input; a dry run or a simulated trace
+    #: may leave it out (the router needs only its size).
+    input_required: ClassVar[bool] = False
     id: str = Field(default="", max_length=128)
     task: str
     text: str | None = None
@@ -42,6 +46,9 @@ class TaskRequest(BaseModel):
                 base64.b64decode(self.data, validate=True)
             except ValueError:
                 raise ValueError("data is not valid base64") from None
+        problem = input_problem(self.task, self.text, self.data, self.ref, self.input_required)
+        if problem is not None:
+            raise input_error(type(self).__name__, *problem, getattr(self, problem[0]))
         return self
 
     def size(self) -> int:
