@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import signal
 import time
 import uuid
 from typing import Any
@@ -18,6 +19,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.homeassistant import object_id
+from hub.router.ledger import LedgerEntry
 
 from .conftest import wait_for
 from .payloads import capability_doc
@@ -67,10 +69,24 @@ def retained(port: int, topic: str) -> dict[str, bytes]:
 
 def check_device_payload(doc: dict[str, Any]) -> None:
     assert set(doc["dev"]) >= {"ids", "name"} and doc["o"]["name"] == "sovereign-hub"
-    assert doc["availability_topic"] and doc["payload_available"] == "online"
+    # A list of availability topics, all of which must say online; never also the single-topic
+    # form, which Home Assistant refuses beside it (and would merge into every component).
+    assert "availability_topic" not in doc and doc["availability_mode"] == "all"
+    assert doc["availability"] and all(a["topic"] and a["payload_available"] == "online"
+                                       and a["payload_not_available"] == "offline" for a in doc["availability"])
     assert doc["state_topic"].startswith("sovereign/ha/")
     for key, comp in doc["cmps"].items():
         assert comp["p"] == "sensor" and comp["unique_id"] == key and "{{ value_json." in comp["value_template"]
+        assert "availability_topic" not in comp
+        # Every numeric sensor has its precision (and a unit where it has one); text ones none.
+        numeric = "state_class" in comp or "unit_of_measurement" in comp
+        assert ("suggested_display_precision" in comp) == numeric, key
+        if comp.get("device_class") == "enum":
+            assert not numeric, key
+
+
+def availability_topics(doc: dict[str, Any]) -> list[str]:
+    return [a["topic"] for a in doc["availability"]]
 
 
 async def test_discovery_states_rediscovery_and_removal(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
@@ -81,13 +97,15 @@ async def test_discovery_states_rediscovery_and_removal(mosquitto: Any, make_hub
             seen = await asyncio.to_thread(drain, q, 2.5)
             hub_cfg = json.loads(seen["homeassistant/device/sovereign_hub_hub/config"])
             check_device_payload(hub_cfg)
-            assert hub_cfg["availability_topic"] == "sovereign/hub/status"
+            assert availability_topics(hub_cfg) == ["sovereign/hub/status"]
             assert {c["name"] for c in hub_cfg["cmps"].values()} >= {"Grid carbon intensity", "Energy mode",
                                                                      "Saved today against all-cloud", "EEG feedback score"}
             topic = f"homeassistant/device/{object_id(phone.device_id)}/config"
             dev = json.loads(seen[topic])
             check_device_payload(dev)
-            assert dev["availability_topic"] == f"sovereign/device/{phone.device_id}/status"
+            assert availability_topics(dev) == [f"sovereign/device/{phone.device_id}/status",
+                                                f"sovereign/ha/device/{phone.device_id}/availability",
+                                                "sovereign/hub/status"]
             assert dev["dev"]["via_device"] == "sovereign_hub_hub"
             battery = next(v for v in dev["cmps"].values() if v.get("device_class") == "battery")
             assert battery["unit_of_measurement"] == "%"
@@ -153,7 +171,8 @@ async def test_ids_a_fold_would_merge_stay_apart(mosquitto: Any, make_hub: Any) 
                 doc = json.loads(seen[topics[device_id]])
                 check_device_payload(doc)
                 assert doc["dev"]["ids"] == [oid]
-                assert doc["availability_topic"] == f"sovereign/device/{device_id}/status"
+                assert availability_topics(doc)[:2] == [f"sovereign/device/{device_id}/status",
+                                                        f"sovereign/ha/device/{device_id}/availability"]
                 assert doc["state_topic"] == f"sovereign/ha/device/{device_id}/state"
                 assert all(uid.startswith(oid + "_") for uid in doc["cmps"])
                 unique_ids += doc["cmps"]
@@ -191,3 +210,114 @@ async def test_a_pending_device_is_counted_not_an_entity(mosquitto: Any, make_hu
     finally:
         c.loop_stop()
         c.disconnect()
+
+
+async def retained_value(port: int, topic: str, predicate: Any, timeout: float, what: str) -> bytes | None:
+    """Poll the retained payload on ``topic`` (None: nothing retained) until ``predicate`` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate(value := (await asyncio.to_thread(retained, port, topic)).get(topic)):
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}: {value!r}"
+    return value
+
+
+async def test_a_deleted_device_comes_back_when_it_reconnects(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    """DELETE /api/devices/<id> removes it from Home Assistant; when it reconnects, its config is
+    published again (it stayed in the set of devices Home Assistant was thought to have)."""
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        [phone] = await fleet(hub, spawn_agent, mosquitto.url, ("phone", ()))
+        topic = f"homeassistant/device/{object_id(phone.device_id)}/config"
+        await retained_value(mosquitto.port, topic, bool, 10, "the phone's config")
+        async with aiohttp.ClientSession() as s, s.delete(f"{hub.http_url}/api/devices/{phone.device_id}") as r:
+            assert r.status == 200
+        await retained_value(mosquitto.port, topic, lambda v: v is None, 10, "the config removed")
+        await retained_value(mosquitto.port, f"sovereign/ha/device/{phone.device_id}/availability",
+                             lambda v: v is None, 10, "the hub's view of it cleared")
+        # The same device reconnects (a restart of its agent): it announces itself again.
+        phone.terminate()
+        again = spawn_agent(mosquitto.url, "phone", phone.device_id, "--no-zeroconf")
+        await wait_for(lambda: (r := hub.registry.get(again.device_id)) and r.online, 20, what="the phone back")
+        doc = json.loads(await retained_value(mosquitto.port, topic, bool, 10, "the config published again"))
+        check_device_payload(doc)
+        await retained_value(mosquitto.port, f"sovereign/ha/device/{phone.device_id}/availability",
+                             lambda v: v == b"online", 10, "the hub's view: online")
+
+
+async def test_a_hung_device_is_unavailable_at_the_hubs_heartbeat_timeout(mosquitto: Any, make_hub: Any,
+                                                                          spawn_agent: Any) -> None:
+    """A stopped (SIGSTOP) agent keeps its MQTT session, so its last will comes only after 1.5
+    keepalives (45 s); the hub marks it offline at its heartbeat timeout, and Home Assistant, which
+    needs every availability topic online, follows the hub."""
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, discovery={"heartbeat_timeout_s": 2}) as hub:
+        [agent] = await fleet(hub, spawn_agent, mosquitto.url, ("phone", ("--heartbeat-s", "0.3")))
+        topic = f"homeassistant/device/{object_id(agent.device_id)}/config"
+        doc = json.loads(await retained_value(mosquitto.port, topic, bool, 10, "the config"))
+        hub_view = f"sovereign/ha/device/{agent.device_id}/availability"
+        assert doc["availability_mode"] == "all" and hub_view in availability_topics(doc)
+        await retained_value(mosquitto.port, hub_view, lambda v: v == b"online", 10, "online")
+        agent.proc.send_signal(signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            await retained_value(mosquitto.port, hub_view, lambda v: v == b"offline", 10, "offline in Home Assistant")
+            assert time.monotonic() - stopped < 8
+            assert not hub.registry.get(agent.device_id).online
+            # Its last will has not been sent: on that topic alone it would still look available.
+            status = await asyncio.to_thread(retained, mosquitto.port, f"sovereign/device/{agent.device_id}/status")
+            assert status == {f"sovereign/device/{agent.device_id}/status": b"online"}
+        finally:
+            agent.proc.send_signal(signal.SIGCONT)
+        await retained_value(mosquitto.port, hub_view, lambda v: v == b"online", 10, "online again")
+
+
+async def test_numbers_are_rounded_with_units_and_precision(mosquitto: Any, make_hub: Any, spawn_agent: Any,
+                                                            tmp_path: Any) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, homeassistant={"state_interval_s": 1},
+                        energy={"min_publish_interval_s": 0.1}) as hub:
+        [phone] = await fleet(hub, spawn_agent, mosquitto.url, ("phone", ()))
+        hub.energy.report("test", "carbon_g_per_kwh", 123.456789012345)
+        # A local cost a hair above the counterfactual: a saving of -1e-7, which must show as 0.
+        now = time.time()
+        hub.ledger.add(LedgerEntry("r1", now - 5, "intent", phone.device_id, "intent-tiny", "tiny", True, 5.0, 0.1,
+                                   1e-6, 1e-7, 0.0, 1e-5))
+        raw = await retained_value(mosquitto.port, "sovereign/ha/hub/state",
+                                   lambda v: v and json.loads(v)["carbon_g_per_kwh"] is not None
+                                   and json.loads(v)["tasks_today"] == 1, 10, "the hub state")
+        state = json.loads(raw)
+        assert state["carbon_g_per_kwh"] == 123.5
+        assert state["saved_today"] == 0.0 and b"-0.0" not in raw and b"e-" not in raw
+        dev_raw = await retained_value(mosquitto.port, f"sovereign/ha/device/{phone.device_id}/state", bool, 10,
+                                       "the phone's state")
+        dev_state = json.loads(dev_raw)
+        for key in ("battery_pct", "power_w"):
+            assert dev_state[key] is None or round(dev_state[key], 1) == dev_state[key], (key, dev_state[key])
+        configs = await retained_until(mosquitto.port, lambda got: len(got) >= 2, 10, "the configs")
+        hub_cfg = json.loads(configs["homeassistant/device/sovereign_hub_hub/config"])
+        check_device_payload(hub_cfg)
+        check_device_payload(json.loads(configs[f"homeassistant/device/{object_id(phone.device_id)}/config"]))
+        units = {c["name"]: (c.get("unit_of_measurement"), c.get("suggested_display_precision"))
+                 for c in hub_cfg["cmps"].values()}
+        assert units["Grid carbon intensity"] == ("gCO2/kWh", 0)
+        assert units["Saved today against all-cloud"] == ("USD", 4)
+        assert units["Devices online"] == ("devices", 0) and units["Tasks today"] == ("tasks", 0)
+        # "Saved today" is unavailable, not $0, while no cloud price is known.
+        saved = next(c for c in hub_cfg["cmps"].values() if c["name"] == "Saved today against all-cloud")
+        assert [a["topic"] for a in saved["availability"]] == ["sovereign/hub/status", "sovereign/ha/hub/state"]
+        assert "saved_today is not none" in saved["availability"][1]["value_template"]
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, homeassistant={"state_interval_s": 1},
+                        data_dir=str(tmp_path / "unpriced"), router={"builtin_cloud_prices": False}):
+        await retained_value(mosquitto.port, "sovereign/ha/hub/state",
+                             lambda v: v and json.loads(v)["saved_today"] is None, 10, "saved_today null: no price")
+
+
+async def test_devices_online_follows_devices_at_once(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
+    """The hub's counts are published when a device comes or goes, not at the next full refresh."""
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, homeassistant={"state_interval_s": 3600}):
+        await retained_value(mosquitto.port, "sovereign/ha/hub/state",
+                             lambda v: v and json.loads(v)["devices_online"] == 0, 10, "the first hub state")
+        agent = spawn_agent(mosquitto.url, "phone", None, "--no-zeroconf")
+        await retained_value(mosquitto.port, "sovereign/ha/hub/state",
+                             lambda v: v and json.loads(v)["devices_online"] == 1, 15, "1 device online")
+        agent.kill()  # its last will takes it offline
+        killed = time.monotonic()
+        await retained_value(mosquitto.port, "sovereign/ha/hub/state",
+                             lambda v: v and json.loads(v)["devices_online"] == 0, 10, "0 devices online")
+        assert time.monotonic() - killed < 5

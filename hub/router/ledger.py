@@ -3,7 +3,10 @@ gCO2, latency — and what it would have cost had everything gone to the cloud.
 
 One row per finished request (the dispatcher writes it; cache hits too, at zero cost), in SQLite
 under the data directory. Reports aggregate over a period; the counterfactual uses the request's
-token estimate and the configured cloud price, so "saved" is an estimate and says so.
+token estimate and the cloud price of ``router.counterfactual_model`` (hub.toml, else the built-in
+list of published prices), so "saved" is an estimate and says so. A request priced with no known
+cloud price keeps a NULL counterfactual: it is left out of "all cloud" and "saved" (and counted
+as ``unpriced``), and a period with no priced request has no saving at all (null), never 0.
 """
 
 from __future__ import annotations
@@ -30,11 +33,16 @@ class LedgerEntry:
     joules: float
     gco2: float
     cost: float
-    cloud_cost: float  # the counterfactual: the same request sent to the cloud
+    cloud_cost: float | None  # the counterfactual: the same request sent to the cloud; None: no price
     cloud_gco2: float
 
 
 PERIODS = {"today": 86400, "week": 7 * 86400, "month": 30 * 86400}
+
+
+def rounded(value: float, digits: int) -> float:
+    """``round``, and never -0.0: a saving of -0.0000001 is 0, not "-0.0"."""
+    return round(value, digits) + 0.0
 
 
 class Ledger:
@@ -65,14 +73,18 @@ class Ledger:
         self.flush()
         until = time.time() if until is None else until
         cols = ("count(*), coalesce(sum(ok),0), coalesce(sum(cost),0), coalesce(sum(joules),0), coalesce(sum(gco2),0),"
-                " coalesce(avg(latency_ms),0), coalesce(sum(cloud_cost),0), coalesce(sum(cloud_gco2),0)")
+                " coalesce(avg(latency_ms),0), coalesce(sum(cloud_cost),0), coalesce(sum(cloud_gco2),0),"
+                " count(cloud_cost), coalesce(sum(CASE WHEN cloud_cost IS NOT NULL THEN cost END),0)")
 
         def row(r: tuple[Any, ...]) -> dict[str, Any]:
-            n, ok, cost, joules, gco2, lat, cloud_cost, cloud_gco2 = r
-            return {"count": n, "ok": ok, "cost": round(cost, 6), "joules": round(joules, 3),
-                    "gco2": round(gco2, 4), "mean_latency_ms": round(lat, 2),
-                    "all_cloud_cost": round(cloud_cost, 6), "saved_cost": round(cloud_cost - cost, 6),
-                    "all_cloud_gco2": round(cloud_gco2, 4)}
+            n, ok, cost, joules, gco2, lat, cloud_cost, cloud_gco2, priced, priced_cost = r
+            # No priced request: nothing to compare with (null), unless there was no request at all.
+            known = priced > 0 or n == 0
+            return {"count": n, "ok": ok, "cost": rounded(cost, 6), "joules": rounded(joules, 3),
+                    "gco2": rounded(gco2, 4), "mean_latency_ms": rounded(lat, 2),
+                    "all_cloud_cost": rounded(cloud_cost, 6) if known else None,
+                    "saved_cost": rounded(cloud_cost - priced_cost, 6) if known else None,
+                    "unpriced": n - priced, "all_cloud_gco2": rounded(cloud_gco2, 4)}
 
         with self._lock:
             total = row(self._db.execute(f"SELECT {cols} FROM ledger WHERE at >= ? AND at < ?", (since, until)).fetchone())

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..capability import Tier
 from .model import Candidate, Entry, Exclusion, FleetSnapshot, Live, RouteDecision, TaskRequest
 from .cache import CacheConfig
+from .prices import BUILTIN_CLOUD_PRICES, DEFAULT_COUNTERFACTUAL_MODEL, PRICE_LIST_DATE
 from .rules import RulesConfig
 from .stats import Learned, LearningConfig, StatsSnapshot
 
@@ -38,6 +39,12 @@ class CloudPrice(BaseModel):
     output_per_mtok: float = Field(ge=0)
 
 
+#: The built-in list as the router uses it: (price, where it comes from), made once.
+_BUILTIN_PRICES: dict[str, tuple[CloudPrice, str]] = {
+    name: (CloudPrice(input_per_mtok=p.input_per_mtok, output_per_mtok=p.output_per_mtok),
+           f"built-in price list ({p.source}; checked {p.checked})") for name, p in BUILTIN_CLOUD_PRICES.items()}
+
+
 class RouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     policy: str = Field(default="sovereign", pattern="^(" + "|".join(POLICIES) + ")$")
@@ -51,8 +58,12 @@ class RouterConfig(BaseModel):
     weight_money: float = Field(default=1.0, ge=0)
     carbon_ref_g: float = Field(default=0.02, gt=0)
     money_ref: float = Field(default=0.001, gt=0)
-    #: Cloud prices per million tokens, by model name ("*" for any other cloud model).
+    #: Cloud prices per million tokens, by model name ("*" for any other cloud model). They win
+    #: over the built-in list (hub/router/prices.py), "*" included.
     cloud_prices: dict[str, CloudPrice] = Field(default_factory=dict)
+    #: Price the cloud models router.cloud_prices leaves unpriced from the built-in list of
+    #: published prices (hub/router/prices.py); false: only router.cloud_prices.
+    builtin_cloud_prices: bool = True
     #: Energy of a cloud call per token and the carbon of the data centre's power: estimates to
     #: configure (no provider publishes them per call).
     cloud_j_per_token: float = Field(default=1.0, ge=0)
@@ -65,7 +76,19 @@ class RouterConfig(BaseModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
     #: The cloud model the ledger's "had everything gone to the cloud" is priced with.
-    counterfactual_model: str = "*"
+    counterfactual_model: str = DEFAULT_COUNTERFACTUAL_MODEL
+
+    def cloud_price(self, model: str) -> tuple[CloudPrice | None, str | None]:
+        """A cloud model's price per million tokens and where it comes from: router.cloud_prices
+        (the model, then "*"), then the built-in list; (None, None) when neither knows it."""
+        price = self.cloud_prices.get(model)
+        if price is not None:
+            return price, f"hub.toml router.cloud_prices.{model}"
+        price = self.cloud_prices.get("*")
+        if price is not None:
+            return price, 'hub.toml router.cloud_prices."*"'
+        listed = _BUILTIN_PRICES.get(model) if self.builtin_cloud_prices else None
+        return listed if listed is not None else (None, None)
 
 
 # -- complexity ------------------------------------------------------------------------------------
@@ -168,12 +191,24 @@ def _tokens(req: TaskRequest) -> tuple[int, int]:
     return req.size() // 4, OUTPUT_TOKENS.get(req.task, 150)
 
 
-def cloud_counterfactual(req: TaskRequest, cfg: RouterConfig) -> tuple[float, float]:
-    """Money and gCO2 of the same request sent to the cloud (the ledger's comparison)."""
+def cloud_counterfactual(req: TaskRequest, cfg: RouterConfig) -> tuple[float | None, float]:
+    """Money and gCO2 of the same request sent to the cloud (the ledger's comparison); money is
+    None when no price is known for ``router.counterfactual_model``."""
     tin, tout = _tokens(req)
-    price = cfg.cloud_prices.get(cfg.counterfactual_model) or cfg.cloud_prices.get("*")
-    cost = (tin * price.input_per_mtok + tout * price.output_per_mtok) / 1e6 if price else 0.0
+    price, _ = cfg.cloud_price(cfg.counterfactual_model)
+    cost = (tin * price.input_per_mtok + tout * price.output_per_mtok) / 1e6 if price else None
     return cost, (tin + tout) * cfg.cloud_j_per_token / 3.6e6 * cfg.cloud_g_per_kwh
+
+
+def counterfactual_document(cfg: RouterConfig) -> dict[str, object]:
+    """Which price the all-cloud counterfactual uses (GET /api/costs, the CLI, the dashboard)."""
+    price, source = cfg.cloud_price(cfg.counterfactual_model)
+    return {"model": cfg.counterfactual_model,
+            "input_per_mtok": price.input_per_mtok if price else None,
+            "output_per_mtok": price.output_per_mtok if price else None,
+            "price_list": None if price is None else "hub.toml" if (source or "").startswith("hub.toml")
+            else f"built-in {PRICE_LIST_DATE}",
+            "source": source}
 
 
 def _request_costs(req: TaskRequest, e: Entry, cfg: RouterConfig) -> tuple[float, float, float, bool]:
@@ -186,7 +221,7 @@ def _request_costs(req: TaskRequest, e: Entry, cfg: RouterConfig) -> tuple[float
         joules = tout * e.j_per_token
         return joules, joules * e.g_per_j, joules * e.price_per_j, True
     joules = (tin + tout) * cfg.cloud_j_per_token
-    price = cfg.cloud_prices.get(e.model.name) or cfg.cloud_prices.get("*")
+    price, _ = cfg.cloud_price(e.model.name)
     cost = (tin * price.input_per_mtok + tout * price.output_per_mtok) / 1e6 if price else 0.0
     return joules, joules / 3.6e6 * cfg.cloud_g_per_kwh, cost, price is not None
 
@@ -211,7 +246,7 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, score:
         if e.queue_ms:
             reasons.append(f"{d.active_tasks} tasks running: +{e.queue_ms:.0f} ms queueing")
         if not priced:
-            reasons.append("no price configured for this cloud model")
+            reasons.append("no price for this cloud model (neither router.cloud_prices nor the built-in list)")
         if d.energy_mode == "prefer_small" and tier.rank > Tier.small.rank:
             reasons.append("device prefers small models (battery below 50 %)")
         return tuple(reasons)

@@ -111,15 +111,25 @@ $("dry-run").addEventListener("click", async () => {
 });
 
 // -- costs and rules --------------------------------------------------------------------------
+// Money with `digits` decimals (the ledger keeps 6: an intent task costs a few millionths), never "-0.000000".
+function money(v, digits = 6) { return v === null || v === undefined ? "–" : (Math.round(Number(v) * 10 ** digits) / 10 ** digits + 0).toFixed(digits).replace(/^-(0\.0*)$/, "$1"); }
 async function refreshCosts() {
   const { status, doc } = await api("GET", "/api/costs");
   if (status !== 200) return;
+  // Which price "all cloud" is: a model and its price list, or none known ("no price", never $0).
+  const cf = doc.counterfactual || {};
+  const priced = cf.input_per_mtok !== null && cf.input_per_mtok !== undefined;
   const rows = ["today", "week", "month"].map((p) => {
     const t = doc[p].total;
     const layers = Object.entries(doc[p].by_layer).map(([l, r]) => `${l} ${r.count}`).join(", ");
-    return `<tr><td>${p}</td><td>${t.count} tasks</td><td>$${num(t.cost, 4)}</td><td>saved $${num(t.saved_cost, 4)}</td><td>${esc(layers)}</td></tr>`;
+    const saved = t.saved_cost === null || t.saved_cost === undefined || (!priced && !t.count) ? "no price"
+      : `saved $${money(t.saved_cost)}` + (t.unpriced ? ` (${t.unpriced} unpriced left out)` : "");
+    return `<tr><td>${p}</td><td>${t.count} tasks</td><td>$${money(t.cost)}</td><td>${esc(saved)}</td><td>${esc(layers)}</td></tr>`;
   });
-  $("costs").innerHTML = `<tr><th>period</th><th>tasks</th><th>cost</th><th>vs all-cloud</th><th>by layer</th></tr>${rows.join("")}`;
+  const basis = priced ? `all-cloud priced as ${cf.model} at $${cf.input_per_mtok} in / $${cf.output_per_mtok} out per million tokens (${cf.price_list}): ${cf.source}`
+    : `all-cloud: no price for ${cf.model || "the counterfactual model"} (set router.cloud_prices in hub.toml)`;
+  $("costs").innerHTML = `<tr><th>period</th><th>tasks</th><th>cost</th><th>vs all-cloud</th><th>by layer</th></tr>${rows.join("")}`
+    + `<tr><td colspan="5" class="why" data-testid="costs-basis">${esc(basis)}</td></tr>`;
 }
 async function refreshRules() {
   const { status, doc } = await api("GET", "/api/rules");

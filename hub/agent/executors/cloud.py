@@ -45,7 +45,7 @@ def cloud_models_available(env: Mapping[str, str] = os.environ) -> dict[str, boo
 
 #: Models announced per provider when its key is set; override with a comma-separated
 #: ``SOVEREIGN_ANTHROPIC_MODELS`` / ``SOVEREIGN_OPENAI_MODELS``. Names must match the hub's
-#: ``router.cloud_prices`` to be priced.
+#: ``router.cloud_prices`` or its built-in price list (hub/router/prices.py) to be priced.
 DEFAULT_MODELS = {"anthropic": "claude-haiku-4-5,claude-sonnet-4-5", "openai": "gpt-4o-mini"}
 CLOUD_TASKS = ["intent", "classify", "summarize", "qa", "format", "draft", "code", "reason"]
 
