@@ -8,8 +8,9 @@ Two checks, in this order, on every request (``hub/http_api.py`` runs them in on
   from the hub's own origin or ``http.allowed_origins``, and none may say ``Sec-Fetch-Site:
   cross-site``: another site's page cannot reach the loopback API, its websocket, or a "simple"
   CORS request that needs no preflight. Writes with a body must be ``application/json``.
-- :class:`Guard` — the admin token. The first run creates one, prints it once and keeps only its
-  SHA-256 (``data_dir/admin-token.json``, mode 0600); ``http.token`` (or ``SOVEREIGN_TOKEN``) is
+- :class:`Guard` — the admin token. The first run that starts up creates one, prints it once and
+  keeps only its SHA-256 (``data_dir/admin-token.json``, mode 0600; ``sovereign token reset``
+  makes a new one, which a running hub takes at its next check); ``http.token`` (or ``SOVEREIGN_TOKEN``) is
   accepted as well. ``http.require_token`` says when one is needed: ``writes`` (default) —
   every write, and any request from off the loopback; ``remote`` — only requests from off the
   loopback; ``always``. Only ``Authorization: Bearer`` is understood. A right token is always
@@ -60,30 +61,75 @@ def _digest(token: str) -> str:
 
 
 class AdminToken:
+    """The admin token's SHA-256 in ``path`` (the token itself is never stored).
+
+    ``sovereign token reset`` replaces the file while a hub runs: :meth:`matches` notices the
+    change (inode, mtime, size: one ``stat`` per check) and uses the new hash from then on.
+    """
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._hash: str | None = None
+        self._stamp: tuple[int, int, int] | None = None
+
+    def load(self) -> bool:
+        """Read the stored hash; False when there is none (or it is unreadable)."""
+        try:
+            st = self.path.stat()
+            doc = json.loads(self.path.read_text())
+            digest = doc["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            return False
+        self._hash, self._stamp = digest, (st.st_ino, st.st_mtime_ns, st.st_size)
+        return True
 
     def ensure(self) -> str | None:
-        """Load the stored hash; on the first run create a token and return it (the only time
-        it exists in clear)."""
-        if self.path.is_file():
-            try:
-                self._hash = json.loads(self.path.read_text())["sha256"]
-                return None
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable: make a new one rather than lock everybody out
+        """Load the stored hash; when there is none, create a token and return it (the only time
+        it exists in clear: the caller shows it)."""
+        return None if self.load() else self.create()
+
+    def create(self, owner: tuple[int, int] | None = None) -> str:
+        """A new token replacing any old one (which stops working); returns it. ``owner``:
+        (uid, gid) to give the file (root resetting another user's hub)."""
         token = secrets.token_urlsafe(24)
-        self._hash = _digest(token)
+        digest = _digest(token)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"sha256": self._hash, "created": time.time()}, f)
+            json.dump({"sha256": digest, "created": time.time()}, f)
+        if owner is not None:
+            os.chown(tmp, *owner)
         tmp.replace(self.path)
+        self.load()
         return token
 
+    def info(self) -> dict[str, object] | None:
+        """What is stored: ``{"sha256": ..., "created": epoch seconds or None}``, or None."""
+        try:
+            doc = json.loads(self.path.read_text())
+            return {"sha256": str(doc["sha256"]), "created": doc.get("created")}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _refresh(self) -> None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return  # gone (deleted by hand): keep the hash we have until the next start
+        if (st.st_ino, st.st_mtime_ns, st.st_size) != self._stamp:
+            self.load()  # an unreadable new file keeps the old hash
+
     def matches(self, token: str) -> bool:
+        self._refresh()
         return self._hash is not None and hmac.compare_digest(_digest(token), self._hash)
+
+
+def fingerprint(sha256_hex: str) -> str:
+    """The first 8 hex digits of the token's SHA-256: enough to tell two tokens apart, far too
+    little to find the token (``printf %s TOKEN | sha256sum`` gives the same digits)."""
+    return sha256_hex[:8]
 
 
 def is_loopback_peer(request: web.Request) -> bool:

@@ -180,7 +180,11 @@ class EmbeddedBroker:
         self._conf_path = conf_dir / "mosquitto.conf"
         self._conf_path.write_text(mosquitto_conf(self.cfg.host, self.port, state_dir, self._auth_dir, self.tls_dir,
                                                   self.cfg.log_denials))
-        await self._start(binary)
+        try:
+            await self._start(binary)
+        except BaseException:  # it did not come up, or the hub was stopped meanwhile: no orphan
+            await self._terminate()
+            raise
         self._supervisor = asyncio.create_task(self._supervise(binary), name="broker supervisor")
         return self
 
@@ -249,6 +253,9 @@ class EmbeddedBroker:
         self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
+        await self._terminate()
+
+    async def _terminate(self) -> None:
         proc = self._proc
         if proc is not None and proc.returncode is None:
             proc.terminate()

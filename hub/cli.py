@@ -17,11 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cli_pairing
+from . import __version__, cli_pairing, cli_token
 from .capability import Tier, is_valid_device_id
 from .config import BrokerUrl, ConfigError, TlsConfig, load_config
 
 DEFAULT_API = "http://127.0.0.1:8700"
+URL_HELP = f"the running hub's address (env SOVEREIGN_URL; default {DEFAULT_API})"
+JSON_HELP = "print the raw JSON document instead of a table"
 
 
 def _setup_logging(level: str) -> None:
@@ -39,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the hub")
     run.add_argument("--config", type=Path, help="TOML config file (default: embedded defaults)")
-    run.add_argument("--http-port", type=int, help="override http.port")
-    run.add_argument("--data-dir", type=Path, help="override data_dir")
+    run.add_argument("--http-port", type=int, help="override http.port (0: any free port)")
+    run.add_argument("--data-dir", type=Path, help="override data_dir (one hub per data directory: it is locked)")
 
     agent = sub.add_parser("agent", help="make this machine a device of the hub")
     agent.add_argument("--broker", default=os.environ.get("SOVEREIGN_BROKER"),
@@ -52,21 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--credentials", type=Path, metavar="FILE",
                        help="where this device's login is kept (default ~/.config/sovereign/agent-<id>.json)")
     agent.add_argument("--id", dest="device_id", help="device id (default: hostname[-profile])")
-    agent.add_argument("--name", help="human-readable name")
+    agent.add_argument("--name", help="human-readable name (default: the device id)")
     agent.add_argument("--profile", choices=["watch", "phone", "laptop", "gpu-box"],
                        help="stand in for such a device (hardware and power figures from the profile)")
     agent.add_argument("--tier", choices=[t.value for t in Tier], help="override the tier")
-    agent.add_argument("--topic-root", default="sovereign")
-    agent.add_argument("--username", default=os.environ.get("SOVEREIGN_MQTT_USERNAME"))
+    agent.add_argument("--topic-root", default="sovereign", help="MQTT topic root (default sovereign)")
+    agent.add_argument("--username", default=os.environ.get("SOVEREIGN_MQTT_USERNAME"),
+                       help="MQTT login (env SOVEREIGN_MQTT_USERNAME; default: the one from pairing)")
     agent.add_argument("--password-env", default="SOVEREIGN_MQTT_PASSWORD",
                        help="environment variable holding the MQTT password")
-    agent.add_argument("--ca-file", type=Path)
-    agent.add_argument("--cert-file", type=Path)
-    agent.add_argument("--key-file", type=Path)
-    agent.add_argument("--heartbeat-s", type=float, default=10.0)
-    agent.add_argument("--http-host", default="0.0.0.0", help="where the capability document is served")
-    agent.add_argument("--http-port", type=int, default=0)
-    agent.add_argument("--no-zeroconf", action="store_true")
+    agent.add_argument("--ca-file", type=Path, help="TLS: the CA that signed the broker's certificate")
+    agent.add_argument("--cert-file", type=Path, help="TLS: this device's client certificate")
+    agent.add_argument("--key-file", type=Path, help="TLS: the client certificate's key")
+    agent.add_argument("--heartbeat-s", type=float, default=10.0, help="seconds between energy heartbeats (default 10)")
+    agent.add_argument("--http-host", default="0.0.0.0", help="where the capability document is served (default 0.0.0.0)")
+    agent.add_argument("--http-port", type=int, default=0, help="its port (default 0: any free port)")
+    agent.add_argument("--no-zeroconf", action="store_true", help="do not announce over mDNS/zeroconf")
     agent.add_argument("--no-mqtt", action="store_true", help="announce over zeroconf only")
     agent.add_argument("--zeroconf-interface", action="append", metavar="ADDR",
                        help="announce only on this address (repeatable; default: all interfaces)")
@@ -81,107 +84,147 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--real-models", action="store_true",
                        help="with --profile: run a profile's model for real where a runtime for it is installed "
                             "(smollm2-135m on llama.cpp)")
-    agent.add_argument("--idle-w", type=float)
-    agent.add_argument("--active-w", type=float)
+    agent.add_argument("--idle-w", type=float, help="power drawn when idle, in watts (when it cannot be measured)")
+    agent.add_argument("--active-w", type=float, help="power drawn when running a model, in watts")
     agent.add_argument("--battery-pct", type=float, help="override the reported battery charge")
-    agent.add_argument("--log-level", default="info")
+    agent.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
 
     cli_pairing.add_parser(sub, DEFAULT_API)
 
     dev = sub.add_parser("devices", help="list the devices the running hub knows; reset ID clears its cooldowns; "
                                          "unpair ID revokes its login and forgets it")
-    dev.add_argument("action", nargs="?", choices=["list", "reset", "unpair"], default="list")
-    dev.add_argument("device_id", nargs="?")
-    dev.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
-    dev.add_argument("--json", action="store_true")
+    dev.add_argument("action", nargs="?", choices=["list", "reset", "unpair"], default="list",
+                     help="list (default), reset ID or unpair ID")
+    dev.add_argument("device_id", nargs="?", help="the device (reset, unpair)")
+    dev.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
+    dev.add_argument("--json", action="store_true", help=JSON_HELP)
 
     en = sub.add_parser("energy", help="the running hub's energy snapshot and mode")
-    en.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
-    en.add_argument("--json", action="store_true")
+    en.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
+    en.add_argument("--json", action="store_true", help=JSON_HELP)
 
     co = sub.add_parser("costs", help="the cost ledger: per layer today, this week, this month, and the saving")
-    co.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
-    co.add_argument("--json", action="store_true")
+    co.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
+    co.add_argument("--json", action="store_true", help=JSON_HELP)
 
     de = sub.add_parser("deferred", help="requests waiting for a cleaner window, and their outcomes for a day")
     de.add_argument("request_id", nargs="?", help="one request, with its outcome once done")
-    de.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
-    de.add_argument("--json", action="store_true")
+    de.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
+    de.add_argument("--json", action="store_true", help=JSON_HELP)
 
     ru = sub.add_parser("rules", help="compiled patterns: list, approve or disable")
-    ru.add_argument("action", choices=["list", "approve", "disable"])
-    ru.add_argument("rule_id", nargs="?")
-    ru.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
-    ru.add_argument("--json", action="store_true")
+    ru.add_argument("action", choices=["list", "approve", "disable"], help="list, approve ID or disable ID")
+    ru.add_argument("rule_id", nargs="?", help="the rule (approve, disable)")
+    ru.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
+    ru.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    ca = sub.add_parser("cache", help="the answer cache: clear it (all tasks, or one)")
+    ca.add_argument("action", choices=["clear"], help="clear: forget cached answers")
+    ca.add_argument("--task", help="only this task's answers (default: every task)")
+    ca.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
+    ca.add_argument("--json", action="store_true", help=JSON_HELP)
 
     for name, helptext in (("infer", "run a task on the fleet and print the answer"),
                            ("route", "dry run: which device and model would take a task, and why")):
         t = sub.add_parser(name, help=helptext)
         t.add_argument("text", nargs="?", help="the input text (default: standard input)")
         t.add_argument("--task", default="qa", help="task type (default qa)")
-        t.add_argument("--budget-ms", type=float, default=5000)
-        t.add_argument("--quality-floor", type=float, default=0.0)
+        t.add_argument("--budget-ms", type=float, default=5000, help="latency budget in ms (default 5000)")
+        t.add_argument("--quality-floor", type=float, default=0.0, help="lowest acceptable model quality, 0-1 (default 0)")
         t.add_argument("--local-only", action="store_true", help="never the cloud layer")
-        t.add_argument("--mode", choices=["single", "consensus"], default="single")
+        t.add_argument("--mode", choices=["single", "consensus"], default="single",
+                       help="single (default) or consensus: several models, the answer most agree on")
         t.add_argument("--requester", help="device id asking")
-        t.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
-        t.add_argument("--json", action="store_true")
+        t.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
+        t.add_argument("--json", action="store_true", help="print the whole JSON result")
         if name == "infer":
             t.add_argument("--stream", action="store_true", help="print text as it is generated")
-            t.add_argument("--max-tokens", type=int)
-            t.add_argument("--timeout-ms", type=float)
+            t.add_argument("--max-tokens", type=int, help="at most this many tokens of output")
+            t.add_argument("--timeout-ms", type=float, help="give up after this long (default 30000)")
 
     eeg = sub.add_parser("eeg", help="EEG biofeedback sessions (the eeg plugin)")
-    eeg.add_argument("action", choices=["start", "stop", "pause", "resume", "list", "report"])
+    eeg.add_argument("action", choices=["start", "stop", "pause", "resume", "list", "report"],
+                     help="start a session, stop|pause|resume|report ID, or list them")
     eeg.add_argument("session", nargs="?", help="session id (stop, pause, resume, report)")
     eeg.add_argument("--board", help="synthetic, playback, cyton, ganglion, muse-s, muse-2, or a BrainFlow board id")
-    eeg.add_argument("--serial-port")
+    eeg.add_argument("--serial-port", help="the board's serial port (cyton, ganglion)")
     eeg.add_argument("--file", help="playback: a recording in BrainFlow's format")
     eeg.add_argument("--master-board", help="playback: the board that recorded the file")
-    eeg.add_argument("--protocol", choices=["alpha", "focus", "ratio"])
-    eeg.add_argument("--baseline-s", type=float)
-    eeg.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API))
-    eeg.add_argument("--json", action="store_true")
+    eeg.add_argument("--protocol", choices=["alpha", "focus", "ratio"], help="what the feedback rewards (default alpha)")
+    eeg.add_argument("--baseline-s", type=float, help="seconds of calibration before feedback (default 30)")
+    eeg.add_argument("--all", action="store_true", help="list: stopped sessions too")
+    eeg.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
+    eeg.add_argument("--json", action="store_true", help=JSON_HELP)
 
     pr = sub.add_parser("provision", help="put the MicroPython firmware on a board over USB serial")
     pr.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
-    pr.add_argument("--device-id", required=True)
-    pr.add_argument("--name")
+    pr.add_argument("--device-id", required=True, help="the board's device id")
+    pr.add_argument("--name", help="human-readable name (default: the device id)")
     pr.add_argument("--broker", help="mqtt://HOST:PORT the board connects to (default with --pair: the one the "
                                      "hub names)")
     pr.add_argument("--pair", metavar="CODE", help="pair the board with a code from `sovereign pair` (asks the hub "
                                                    "at --url for the board's own MQTT login)")
-    pr.add_argument("--wifi-ssid")
+    pr.add_argument("--wifi-ssid", help="the Wi-Fi network the board joins")
     pr.add_argument("--wifi-password-env", default="SOVEREIGN_WIFI_PASSWORD",
                     help="environment variable holding the Wi-Fi password (asked for when unset)")
-    pr.add_argument("--battery-adc-pin", type=int)
-    pr.add_argument("--topic-root", default="sovereign")
+    pr.add_argument("--battery-adc-pin", type=int, help="ADC pin reading the battery voltage, if any")
+    pr.add_argument("--topic-root", default="sovereign", help="MQTT topic root (default sovereign)")
     pr.add_argument("--dry-run", action="store_true", help="list what would be written, write nothing")
     pr.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API),
                     help="the hub to watch for the board's announcement")
     pr.add_argument("--wait-s", type=float, default=60, help="how long to wait for the announcement (0: do not)")
 
     sim = sub.add_parser("simulate", help="replay a task trace through the router under each policy")
-    sim.add_argument("--fleet", type=Path, required=True)
-    sim.add_argument("--trace", type=Path, required=True)
+    sim.add_argument("--fleet", type=Path, required=True, help="the fleet, TOML (examples/fleet.toml)")
+    sim.add_argument("--trace", type=Path, required=True, help="the tasks, JSON lines (examples/trace.jsonl)")
     sim.add_argument("--carbon", type=Path, help="Time,Carbon Intensity CSV (default: bundled GB 2020)")
     sim.add_argument("--solar", type=Path, help="Time,Solar MW CSV (default: bundled GB 2020)")
     sim.add_argument("--start", default="2020-06-01T00:00:00", help="where in the data the trace starts")
-    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     sim.add_argument("--policy", action="append", help="only these policies (repeatable)")
-    sim.add_argument("--json", action="store_true")
+    sim.add_argument("--json", action="store_true", help="print the results as JSON")
 
     demo = sub.add_parser("demo", help="hub + simulated fleet, no configuration")
-    demo.add_argument("--http-port", type=int, default=8700)
-    demo.add_argument("--data-dir", type=Path)
-    demo.add_argument("--log-level", default="warning")
+    demo.add_argument("--http-port", type=int, default=8700,
+                      help="the dashboard's and API's port (default 8700; 0: any free port)")
+    demo.add_argument("--data-dir", type=Path,
+                      help="where the demo keeps its data (default $SOVEREIGN_DEMO_DIR, else "
+                           "~/.local/share/sovereign-demo); a second demo needs its own")
+    demo.add_argument("--log-level", default="warning", help="debug, info, warning (default) or error")
     demo.add_argument("--replay-speed", type=float, default=720,
                       help="recorded seconds of grid data per real second (default 720: a day in 2 minutes)")
+
+    cli_token.add_parser(sub)
+
+    comp = sub.add_parser("completion", help="print the shell completion script",
+                          description="bash: eval \"$(sovereign completion bash)\" in ~/.bashrc; zsh: the same in "
+                                      "~/.zshrc (after compinit)")
+    comp.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete in")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command; a reader that goes away (``| head``) ends it quietly with 141, like SIGPIPE."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a broken pipe often shows only here
+        return code
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point stdout at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
+    try:
+        import argcomplete  # shell completion (`sovereign completion bash`): answers and exits
+    except ImportError:
+        pass
+    else:
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -203,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             return _show(args, "/api/deferred", lambda data: format_deferred(data["deferred"]))
         if args.command == "rules":
             return _cmd_rules(args)
+        if args.command == "cache":
+            return _cmd_cache(args)
         if args.command in ("infer", "route"):
             return _cmd_task(args)
         if args.command == "eeg":
@@ -211,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_provision(args)
         if args.command == "simulate":
             return _cmd_simulate(args)
+        if args.command == "token":
+            return cli_token.run(args)
+        if args.command == "completion":
+            import argcomplete
+            print(argcomplete.shellcode(["sovereign"], shell=args.shell), end="")
+            return 0
         if args.command == "demo":
             from .demo import run_demo
             _setup_logging(args.log_level)
@@ -296,17 +347,19 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 
 async def _run_agent(opts: Any) -> int:
-    import signal
-
     from .agent.agent import Agent
+    from .signals import enter_unless_stopped, stop_on_signals
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with Agent(opts) as agent:
+    stop_on_signals(stop)
+    agent = Agent(opts)
+    if not await enter_unless_stopped(agent, stop):
+        return 0  # stopped during start-up
+    try:
         print(f"agent {opts.device_id} ({agent.capability.tier.value}) → {opts.broker}; "
               f"capability at http://{opts.http_host}:{agent.http_port}/capability", flush=True)
         await stop.wait()
+    finally:
+        await agent.__aexit__(None, None, None)
     return 0
 
 
@@ -438,12 +491,17 @@ def _cmd_task(args: argparse.Namespace) -> int:
     with resp:
         if infer and args.stream:
             doc = {}
+            chunks = 0
             for line in resp:
                 item = json.loads(line)
                 if "chunk" in item and not args.json:
                     print(item["chunk"], end="", flush=True)
+                    chunks += 1
                 elif item.get("done"):
                     doc = item
+            if not args.json and not chunks and doc.get("ok") and doc.get("output") is not None:
+                # No chunk came (a hub that does not stream cached answers): the answer itself.
+                print(doc["output"] if isinstance(doc["output"], str) else json.dumps(doc["output"]), end="")
             if not args.json:
                 print()
         else:
@@ -494,15 +552,30 @@ def _cmd_eeg(args: argparse.Namespace) -> int:
     elif args.action == "report":
         print(doc["path"])
     elif args.action == "list":
-        for s in doc["sessions"]:
-            print(f"{s['session']}  {s['state']:<8} {s['board']:<10} {s['protocol']:<6} updates {s['updates']}"
-                  f"  mean score {s['mean_score']}")
-        if not doc["sessions"]:
-            print("no session running")
+        print(format_eeg_sessions(doc, args.all))
     else:
         print(f"{doc['session']}  {doc['state']}  board {doc['board']}, protocol {doc['protocol']}, "
-              f"{doc['updates']} updates, mean score {doc['mean_score']}")
+              f"{_num(doc.get('updates'))} updates, mean score {_num(doc.get('mean_score'), 3)}")
     return 0
+
+
+def _num(value: Any, digits: int | None = None) -> str:
+    """A number for a table: "-" when there is none (a session stopped before its first score)."""
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if digits is not None and isinstance(value, (int, float)) else str(value)
+
+
+def format_eeg_sessions(doc: dict[str, Any], include_stopped: bool = False) -> str:
+    sessions = list(doc.get("sessions", []))
+    stopped = list(doc.get("stopped", [])) if include_stopped else []
+    if not sessions and not stopped:
+        hidden = len(doc.get("stopped", []))
+        return "no session running" + (f" ({hidden} stopped: --all lists them)" if hidden else "")
+    rows = [("SESSION", "STATE", "BOARD", "PROTOCOL", "UPDATES", "MEAN SCORE")]
+    rows += [(s["session"], s["state"], s["board"], s["protocol"], _num(s.get("updates")),
+              _num(s.get("mean_score"), 3)) for s in sessions + stopped]
+    return "\n".join(_columns(rows))
 
 
 def _cmd_provision(args: argparse.Namespace) -> int:
@@ -626,6 +699,27 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    """``cache clear [--task T]``: DELETE /api/cache (an admin write: SOVEREIGN_TOKEN)."""
+    query = f"?task={urllib.parse.quote(args.task, safe='')}" if args.task else ""
+    try:
+        with open_api("DELETE", f"{args.url.rstrip('/')}/api/cache{query}", timeout=10) as resp:
+            doc = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        print(f"error: {json.load(exc).get('error', {}).get('message', exc)}"
+              + (" (set SOVEREIGN_TOKEN)" if exc.code == 401 else ""), file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"removed {doc['removed']} cached answer{'' if doc['removed'] == 1 else 's'}"
+              + (f" of task {doc['task']}" if doc.get("task") else ""))
+    return 0
+
+
 def _columns(rows: list[tuple[Any, ...]]) -> list[str]:
     """Rows as lines of left-aligned columns two spaces apart (the first row is the header)."""
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
@@ -642,18 +736,38 @@ def format_rules(data: dict[str, Any]) -> str:
     return "\n".join(_columns(rows))
 
 
+def _fixed(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals, never "-0.0000"."""
+    return f"{round(value, digits) + 0.0:.{digits}f}"
+
+
 def format_costs(report: dict[str, Any]) -> str:
     lines = []
+    cf = report.get("counterfactual") or {}
+    priced = cf.get("input_per_mtok") is not None
     for period in ("today", "week", "month"):
         r = report[period]
         t = r["total"]
-        lines.append(f"{period}: {t['count']} tasks, cost {t['cost']:.4f}, {t['joules']:.0f} J, {t['gco2']:.2f} gCO2; "
-                     f"all-cloud would have cost {t['all_cloud_cost']:.4f} (saved {t['saved_cost']:.4f}, estimate)")
+        line = f"{period}: {t['count']} tasks, cost {_fixed(t['cost'], 6)}, {t['joules']:.0f} J, {t['gco2']:.2f} gCO2; "
+        if t.get("saved_cost") is None or (not priced and not t["count"]):
+            line += "all-cloud: no price"
+        else:
+            line += (f"all-cloud would have cost {_fixed(t['all_cloud_cost'], 6)} "
+                     f"(saved {_fixed(t['saved_cost'], 6)}, estimate)")
+            if t.get("unpriced"):
+                line += f"; {t['unpriced']} tasks without a cloud price left out"
+        lines.append(line)
         for layer, v in r["by_layer"].items():
-            lines.append(f"  {layer:8} {v['count']:6} tasks  cost {v['cost']:.4f}  {v['gco2']:.2f} gCO2  "
+            lines.append(f"  {layer:8} {v['count']:6} tasks  cost {_fixed(v['cost'], 6)}  {v['gco2']:.2f} gCO2  "
                          f"mean {v['mean_latency_ms']:.0f} ms")
     cache = report.get("cache", {})
     lines.append(f"cache: {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
+    if cf:
+        model = cf.get("model")
+        lines.append(f"all-cloud priced as {model} at {cf['input_per_mtok']:g} in / {cf['output_per_mtok']:g} out per "
+                     f"million tokens: {cf.get('source')}" if priced else
+                     f"all-cloud: no price for {model} (set router.cloud_prices.{model} or router.counterfactual_model "
+                     "in hub.toml)")
     return "\n".join(lines)
 
 

@@ -29,8 +29,9 @@ def add_parser(sub: Any, default_api: str) -> None:
                     help="with --client: may also read here (repeatable, MQTT filter)")
     pa.add_argument("--list", action="store_true", help="list logins, open codes and pending devices")
     pa.add_argument("--revoke-client", metavar="USERNAME", help="revoke a command client's login")
-    pa.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", default_api))
-    pa.add_argument("--json", action="store_true")
+    pa.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", default_api),
+                    help=f"the running hub's address (env SOVEREIGN_URL; default {default_api})")
+    pa.add_argument("--json", action="store_true", help="print the raw JSON document")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -84,6 +84,9 @@ class Commands:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def _bad_reply(self, topic: str) -> str:
+        return f"reply topic {topic!r} is not under {self.hub.topics.reply_root}<client>/ or has a wildcard"
+
     def _reject(self, why: str) -> None:
         self.hub.rejections.reject(self.topic, why, counter="rejected_commands")
 
@@ -101,9 +104,12 @@ class Commands:
             except ValidationError as exc:
                 raise RequestError("bad_request", format_validation_error(exc).replace("\n", "; ")) from None
             request_id = cmd.id or None
-            reply = self._reply(response_topic or cmd.reply_to, correlation)
-            if reply is None:
+            reply_topic = response_topic or cmd.reply_to
+            if not reply_topic:
                 raise RequestError("bad_request", "no response topic: give an MQTT 5 response topic or reply_to")
+            reply = self._reply(reply_topic, correlation)
+            if reply is None:
+                raise RequestError("bad_request", self._bad_reply(reply_topic))
             emit = None
             if cmd.stream:
                 seq = 0
@@ -117,20 +123,20 @@ class Commands:
             body = _response(await hub.dispatcher.infer(cmd, emit, route))
             request_id = body.id
         except RequestError as exc:
+            # Counted once, here, whatever went wrong (an unusable reply topic used to be
+            # counted up to three times: when checked, when refused, and when checked again).
             self._reject(exc.message)
             body = RpcResponse(id=request_id, ok=False, error=RpcErrorBody(code=exc.code, message=exc.message))
             if reply is None and response_topic is not None:
-                reply = self._reply(response_topic, correlation)
+                reply = self._reply(response_topic, correlation)  # None again for a refused topic
         if reply is not None:
             await reply(body.model_dump_json(exclude_none=True))
 
     def _reply(self, topic: str | None, correlation: bytes | None) -> Any:
         """A publisher on ``topic``, or None when it is missing or outside the reply namespace (a
-        command must not make the hub publish anywhere it likes)."""
-        if not topic:
-            return None
-        if not self.hub.topics.allows_command_reply(topic):
-            self._reject(f"reply topic {topic!r} is not under {self.hub.topics.reply_root}<client>/ or has a wildcard")
+        command must not make the hub publish anywhere it likes). Counts nothing: the caller
+        rejects the command, once."""
+        if not topic or not self.hub.topics.allows_command_reply(topic):
             return None
         props = publish_properties(correlation)
         link = self.hub.mqtt

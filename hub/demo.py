@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .children import spawn
 from .config import default_data_dir, parse_config
-from .runtime import Hub
+from .runtime import Hub, start_hub
+from .signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,14 @@ def pair_demo_agent(hub: Hub, device_id: str) -> Path:
     return path
 
 
+def demo_data_dir() -> Path:
+    """Where the demo keeps its data unless told (--data-dir): $SOVEREIGN_DEMO_DIR, else
+    ~/.local/share/sovereign-demo."""
+    return Path(os.environ.get("SOVEREIGN_DEMO_DIR") or default_data_dir().parent / "sovereign-demo").expanduser()
+
+
 async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_speed: float = 720) -> int:
-    data_dir = data_dir or Path(os.environ.get("SOVEREIGN_DEMO_DIR") or default_data_dir().parent / "sovereign-demo")
+    data_dir = data_dir.expanduser() if data_dir else demo_data_dir()
     config = parse_config({
         "data_dir": str(data_dir), "hub_id": "demo",
         "broker": {"port": 0},
@@ -122,13 +129,12 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
         },
     }, source="demo defaults")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)  # Ctrl-C and SIGTERM work during start-up too
+    hub = Hub(config)
     try:
-        hub = Hub(config)
-        await hub.__aenter__()
-    except RuntimeError as exc:
+        if not await start_hub(hub, stop):
+            return 0  # stopped while starting: whatever had started is stopped again
+    except RuntimeError as exc:  # the data directory in use (hub/lock.py), a port taken, no Mosquitto
         print(f"error: {exc}", file=sys.stderr)
         return 1
     agents = [AgentProcess(p, hub.broker_url, pair_demo_agent(hub, f"demo-{p}")) for p in FLEET]

@@ -19,13 +19,13 @@ from . import __version__
 from pydantic import ValidationError
 
 from .auth import Refusal, SameOrigin
-from .capability import is_valid_device_id
+from .capability import KNOWN_TASKS, is_valid_device_id
 from .config import format_validation_error
 from .dispatch import InferOutcome, InferRequest, RequestError
-from .energy.forecast import NoWindow, best_window, mean_over
+from .energy.forecast import NoWindow, best_window, covered_until, fit_defaults, mean_over, no_window_hint
 from .pairing_api import add_pairing_routes
 from .router.model import Candidate, RouteDecision, TaskRequest
-from .router.route import route, rule_decision
+from .router.route import counterfactual_document, route, rule_decision
 from .rpc import CALLER_ERRORS
 
 if TYPE_CHECKING:
@@ -158,20 +158,28 @@ def make_app(hub: "Hub") -> web.Application:
     async def best_window_route(request: web.Request) -> web.Response:
         q = request.query
         now = time.time()
+        by = q.get("by", "carbon")
+        metric = {"carbon": "carbon_g_per_kwh", "price": "price_per_kwh"}.get(by)
+        points = hub.energy.forecasts.get(metric or "", [])
+        what = f"{by} forecast"
         try:
-            duration = parse_duration(q.get("duration", "1h"))
-            deadline = parse_deadline(q.get("deadline", "24h"), now)
-            by = q.get("by", "carbon")
-            metric = {"carbon": "carbon_g_per_kwh", "price": "price_per_kwh"}.get(by)
             if metric is None:
                 raise ValueError(f"by must be carbon or price, got {by!r}")
-            window = best_window(hub.energy.forecasts.get(metric, []), duration, now, deadline)
-        except (ValueError, NoWindow) as exc:
-            return error(400 if not isinstance(exc, NoWindow) else 422, "no_window" if isinstance(exc, NoWindow)
-                         else "bad_request", str(exc))
-        now_mean = mean_over(hub.energy.forecasts.get(metric, []), now, now + duration)
+            duration = parse_duration(q["duration"]) if "duration" in q else None
+            deadline = parse_deadline(q["deadline"], now) if "deadline" in q else None
+            # Left out: 1 h within 24 h, or what the forecast the hub holds can answer (the demo's
+            # replayed forecast reaches minutes ahead).
+            duration, deadline, notes = fit_defaults(points, now, duration, deadline, what)
+            window = best_window(points, duration, now, deadline)
+        except NoWindow as exc:
+            return error(422, "no_window", f"{exc}; {no_window_hint(points, now, what)}")
+        except ValueError as exc:
+            return error(400, "bad_request", str(exc))
+        now_mean = mean_over(points, now, now + duration)
         return web.json_response({"by": by, "start": window.start, "end": window.end, "mean": window.mean,
-                                  "if_started_now": now_mean, "wait_s": round(window.start - now, 3)})
+                                  "if_started_now": now_mean, "wait_s": round(window.start - now, 3),
+                                  "duration_s": duration, "deadline": deadline,
+                                  "forecast_until": covered_until(points, now), "notes": notes})
 
     async def route_dry_run(request: web.Request) -> web.Response:
         try:
@@ -240,6 +248,7 @@ def make_app(hub: "Hub") -> web.Application:
     async def costs(request: web.Request) -> web.Response:
         report = await asyncio.to_thread(hub.ledger.periods)
         report["cache"] = {"hits": hub.cache.hits, "misses": hub.cache.misses}
+        report["counterfactual"] = counterfactual_document(hub.config.router)  # which price "all cloud" uses
         return web.json_response(report)
 
     async def deferred(request: web.Request) -> web.Response:
@@ -262,6 +271,16 @@ def make_app(hub: "Hub") -> web.Application:
             return error(404, "unknown_rule", f"no rule with id {request.match_info['id']!r}")
         return web.json_response(rule.to_dict())
 
+    async def clear_cache(request: web.Request) -> web.Response:
+        """Forget cached answers, of one task (``?task=``) or all: how many were removed."""
+        task = request.query.get("task") or None
+        if task is not None and task not in KNOWN_TASKS:
+            return error(400, "bad_request", f"task: unknown task {task[:40]!r} (known: {', '.join(KNOWN_TASKS)})")
+        removed = await asyncio.to_thread(hub.cache.clear, task)
+        log.info("cache cleared%s: %d answers removed", f" for {task}" if task else "", removed)
+        return web.json_response({"removed": removed, "task": task})
+
+    app.router.add_delete("/api/cache", clear_cache)
     app.router.add_get("/api/rules", rules)
     app.router.add_post(r"/api/rules/{id}/{action:approve|disable}", rule_state)
     app.router.add_post("/api/route", route_dry_run)

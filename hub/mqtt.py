@@ -241,7 +241,11 @@ class _Connection:
             self.client.connect, opts.url.host, opts.url.port, opts.keepalive_s, clean_start=True))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise MqttError(f"connect failed: {paho.error_string(rc)}")
-        await asyncio.wait_for(asyncio.shield(self.connack), opts.connect_timeout_s)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that comes as
+        # the awaited future completes, and MqttLink._run then waited on `closed` for ever: a
+        # hub stopped just as it connected never stopped (tests/test_first_hour_cli.py).
+        async with asyncio.timeout(opts.connect_timeout_s):
+            await asyncio.shield(self.connack)
 
     def _ack(self, mid: int) -> asyncio.Future[Any]:
         fut = self.loop.create_future()
@@ -252,7 +256,8 @@ class _Connection:
         rc, mid = self.client.subscribe(topic, qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise MqttError(f"subscribe to {topic} failed: {paho.error_string(rc)}")
-        await asyncio.wait_for(self._ack(mid), 10)
+        async with asyncio.timeout(10):  # not wait_for: see connect()
+            await self._ack(mid)
 
     def publish(self, topic: str, payload: bytes | str, qos: int, retain: bool,
                 properties: Properties | None) -> asyncio.Future[Any] | None:
@@ -314,13 +319,14 @@ class MqttLink:
         if self.connected.is_set() and self.opts.birth:
             # A clean stop says so itself: the broker does not send the will on DISCONNECT.
             await self.publish(self.opts.birth.topic, self.opts.birth.offline, qos=1, retain=True, wait_s=2)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        # Cancelled until it ends: a cancellation swallowed inside (wait_for in a callee, say)
+        # must not leave the caller waiting for ever.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.debug("MQTT task ended with %r", task.exception())
 
     async def wait_connected(self, timeout: float) -> None:
         await asyncio.wait_for(self.connected.wait(), timeout)

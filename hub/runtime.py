@@ -8,11 +8,9 @@ for the command line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import secrets
-import signal
 import time
 from contextlib import AsyncExitStack
 from typing import Any
@@ -35,6 +33,8 @@ from .energy.model import EnergyMode, EnergySnapshot
 from .energy.snapshot import DeviceEnergyView, compute_snapshot
 from .energy.store import EnergyInputsChanged, EnergyReading, EnergyStore
 from .history import SqliteHistory
+from .lock import DataDirLock
+from .signals import enter_unless_stopped, stop_on_signals
 from .auth import AdminToken, Guard
 from .homeassistant import HomeAssistantDiscovery
 from .live import EnergyPublished, LiveFeed
@@ -106,7 +106,10 @@ class Hub:
 
     async def _start(self) -> None:
         cfg = self.config
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # One data directory, one hub: before anything in it is written (hub/lock.py).
+        lock = DataDirLock(self.data_dir)
+        lock.acquire()
+        self._stack.callback(lock.release)  # first in, so last out
         # Children a previous hub on this data directory left running (it was killed) go first;
         # ours are recorded from here on: the broker, the demo's agents (hub/children.py).
         self.children = Children(self.data_dir / CHILDREN_FILE)
@@ -197,10 +200,8 @@ class Hub:
         self._stack.push_async_callback(self.plugins.stop)
 
         self.admin_token = AdminToken(self.data_dir / "admin-token.json")
-        self.new_admin_token = self.admin_token.ensure()
-        if self.new_admin_token:
-            # The token itself is printed once by `sovereign run` (and the demo), not logged.
-            log.warning("created the admin token; only its hash is kept (%s)", self.admin_token.path)
+        self.admin_token.load()
+        self.new_admin_token: str | None = None
         self.guard = Guard(self.admin_token, cfg.http.token, cfg.http.require_token, cfg.http.max_failures_per_minute)
         self.live = LiveFeed(self)
         self._stack.callback(self.live.close)
@@ -215,6 +216,12 @@ class Hub:
                                "(set http.port, or --http-port)") from None
         port = runner.addresses[0][1]
         self.http_url = f"http://{cfg.http.host}:{port}"
+        # The admin token is made only now that start-up has succeeded (nothing can fail after
+        # this line), so that it is always shown: a start that failed (port taken) used to make
+        # one that nobody ever saw. Printed by `sovereign run` and the demo, never logged.
+        self.new_admin_token = self.admin_token.ensure()
+        if self.new_admin_token:
+            log.warning("created the admin token; only its hash is kept (%s)", self.admin_token.path)
 
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="registry housekeeping"))
         self._tasks.append(asyncio.create_task(self._publish_energy(), name="energy publisher"))
@@ -435,13 +442,13 @@ class Hub:
 
 
 async def run_hub(config: HubConfig, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    """Run until SIGINT or SIGTERM, then shut down cleanly (also when one comes during start-up)."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    async with Hub(config) as hub:
+    stop_on_signals(stop)
+    hub = Hub(config)
+    if not await start_hub(hub, stop):
+        return
+    try:
         print(f"Sovereign Hub {config.hub_id}: API {hub.http_url}  broker {hub.broker_url}", flush=True)
         if hub.new_admin_token:
             print(f"Admin token (shown once; only its hash is kept): {hub.new_admin_token}", flush=True)
@@ -449,3 +456,15 @@ async def run_hub(config: HubConfig, ready: asyncio.Event | None = None) -> None
             ready.set()
         await stop.wait()
         log.info("stopping")
+    finally:
+        await hub.stop()
+
+
+async def start_hub(hub: Hub, stop: asyncio.Event) -> bool:
+    """Start ``hub`` unless ``stop`` is set first (False: nothing is left running)."""
+    if not await enter_unless_stopped(hub, stop):
+        return False
+    # The start ran in a task of its own: the children record must be this task's too, for
+    # what is spawned from here on (the demo's agents).
+    current_children.set(hub.children)
+    return True
