@@ -391,6 +391,24 @@ def _api_get(url: str, path: str) -> Any:
     return None
 
 
+def api_call(method: str, base: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+    """A request to the running hub at ``base``: its JSON answer, or None after printing why not
+    (the hub's own error, with a hint for the admin token on 401)."""
+    try:
+        with open_api(method, base.rstrip("/") + path, body, timeout=timeout) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.load(exc).get("error", {})
+        except ValueError:
+            err = {}
+        hint = " (set SOVEREIGN_TOKEN to the admin token)" if exc.code == 401 else ""
+        print(f"error ({err.get('code', exc.code)}): {err.get('message', exc.reason)}{hint}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: no hub at {base} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+    return None
+
+
 def _show(args: argparse.Namespace, path: str, render: Any) -> int:
     """GET ``path`` from the running hub; print it as JSON (--json) or through ``render``."""
     data = _api_get(args.url, path)
@@ -525,7 +543,7 @@ def _cmd_task(args: argparse.Namespace) -> int:
 
 
 def _cmd_eeg(args: argparse.Namespace) -> int:
-    base = f"{args.url.rstrip('/')}/api/eeg/sessions"
+    base = "/api/eeg/sessions"
     if args.action != "start" and args.action != "list" and not args.session:
         print(f"error: sovereign eeg {args.action} needs a session id (see sovereign eeg list)", file=sys.stderr)
         return 2
@@ -534,18 +552,11 @@ def _cmd_eeg(args: argparse.Namespace) -> int:
         for key in ("board", "serial_port", "file", "master_board", "protocol", "baseline_s"):
             if getattr(args, key) is not None:
                 body[key] = getattr(args, key)
-    method, url = {"start": ("POST", base), "list": ("GET", base), "stop": ("DELETE", f"{base}/{args.session}"),
+    method, path = {"start": ("POST", base), "list": ("GET", base), "stop": ("DELETE", f"{base}/{args.session}"),
                    "pause": ("POST", f"{base}/{args.session}/pause"), "resume": ("POST", f"{base}/{args.session}/resume"),
                    "report": ("POST", f"{base}/{args.session}/report")}[args.action]
-    try:
-        with open_api(method, url, body if method == "POST" else None, timeout=60) as resp:
-            doc = json.load(resp)
-    except urllib.error.HTTPError as exc:
-        err = json.load(exc).get("error", {})
-        print(f"error ({err.get('code', exc.code)}): {err.get('message', exc)}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+    doc = api_call(method, args.url, path, body if method == "POST" else None, timeout=60)
+    if doc is None:
         return 1
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -659,17 +670,10 @@ def _cmd_device_action(args: argparse.Namespace) -> int:
     if not args.device_id:
         print(f"error: sovereign devices {args.action} needs a device id (see sovereign devices)", file=sys.stderr)
         return 2
-    base = f"{args.url.rstrip('/')}/api/devices/{urllib.parse.quote(args.device_id, safe='')}"
-    method, url = ("POST", f"{base}/reset") if args.action == "reset" else ("DELETE", f"{base}/pairing")
-    try:
-        with open_api(method, url, timeout=5) as resp:
-            doc = json.load(resp)
-    except urllib.error.HTTPError as exc:
-        print(f"error: {json.load(exc).get('error', {}).get('message', exc)}"
-              + (" (set SOVEREIGN_TOKEN)" if exc.code == 401 else ""), file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+    path = f"/api/devices/{urllib.parse.quote(args.device_id, safe='')}"
+    method, path = ("POST", f"{path}/reset") if args.action == "reset" else ("DELETE", f"{path}/pairing")
+    doc = api_call(method, args.url, path)
+    if doc is None:
         return 1
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -686,14 +690,8 @@ def _cmd_rules(args: argparse.Namespace) -> int:
     if not args.rule_id:
         print(f"error: sovereign rules {args.action} needs a rule id (see sovereign rules list)", file=sys.stderr)
         return 2
-    try:
-        with open_api("POST", f"{args.url.rstrip('/')}/api/rules/{args.rule_id}/{args.action}", timeout=5) as resp:
-            rule = json.load(resp)
-    except urllib.error.HTTPError as exc:
-        print(f"error: {json.load(exc).get('error', {}).get('message', exc)}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+    rule = api_call("POST", args.url, f"/api/rules/{args.rule_id}/{args.action}")
+    if rule is None:
         return 1
     print(f"rule {rule['id']} is now {rule['state']}")
     return 0
@@ -702,15 +700,8 @@ def _cmd_rules(args: argparse.Namespace) -> int:
 def _cmd_cache(args: argparse.Namespace) -> int:
     """``cache clear [--task T]``: DELETE /api/cache (an admin write: SOVEREIGN_TOKEN)."""
     query = f"?task={urllib.parse.quote(args.task, safe='')}" if args.task else ""
-    try:
-        with open_api("DELETE", f"{args.url.rstrip('/')}/api/cache{query}", timeout=10) as resp:
-            doc = json.load(resp)
-    except urllib.error.HTTPError as exc:
-        print(f"error: {json.load(exc).get('error', {}).get('message', exc)}"
-              + (" (set SOVEREIGN_TOKEN)" if exc.code == 401 else ""), file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+    doc = api_call("DELETE", args.url, f"/api/cache{query}")
+    if doc is None:
         return 1
     if args.json:
         print(json.dumps(doc, indent=2))

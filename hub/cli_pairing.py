@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import urllib.error
 from typing import Any
 
 
@@ -35,37 +33,22 @@ def add_parser(sub: Any, default_api: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import _columns, open_api
-    base = args.url.rstrip("/")
-    try:
-        if args.list:
-            with open_api("GET", f"{base}/api/pairing") as resp:
-                doc = json.load(resp)
-        elif args.revoke_client:
-            with open_api("DELETE", f"{base}/api/pairing/clients/{args.revoke_client}") as resp:
-                doc = json.load(resp)
-        elif args.client:
-            with open_api("POST", f"{base}/api/pairing/clients", {
-                    "name": args.client, "role": args.role, "publish": args.publish, "subscribe": args.subscribe}) as resp:
-                doc = json.load(resp)
-        else:
-            body: dict[str, Any] = {}
-            if args.device_id:
-                body["device_id"] = args.device_id
-            if args.ttl:
-                body["ttl_s"] = args.ttl
-            with open_api("POST", f"{base}/api/pair/codes", body) as resp:
-                doc = json.load(resp)
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.load(exc)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = str(exc)
-        hint = " (set SOVEREIGN_TOKEN to the admin token)" if exc.code == 401 else ""
-        print(f"error: {message}{hint}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"error: no hub at {args.url} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+    from .cli import _columns, api_call
+    if args.list:
+        doc = api_call("GET", args.url, "/api/pairing")
+    elif args.revoke_client:
+        doc = api_call("DELETE", args.url, f"/api/pairing/clients/{args.revoke_client}")
+    elif args.client:
+        doc = api_call("POST", args.url, "/api/pairing/clients", {
+            "name": args.client, "role": args.role, "publish": args.publish, "subscribe": args.subscribe})
+    else:
+        body: dict[str, Any] = {}
+        if args.device_id:
+            body["device_id"] = args.device_id
+        if args.ttl:
+            body["ttl_s"] = args.ttl
+        doc = api_call("POST", args.url, "/api/pair/codes", body)
+    if doc is None:
         return 1
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -224,7 +224,7 @@ async def test_pairing_with_a_code_end_to_end(make_hub: Any, tmp_path: Path, spa
         creds = tmp_path / "creds.json"
         spawn_agent(None, "laptop", "paired-1", "--echo", "--no-zeroconf", "--hub", hub.http_url, "--pair", code,
                     "--credentials", str(creds))
-        rec = await wait_for(lambda: (r := hub.registry.get("paired-1")) and r.online and r, 30,
+        await wait_for(lambda: (r := hub.registry.get("paired-1")) and r.online and r, 30,
                              what="paired agent online")
         assert json.loads(creds.read_text())["username"] == "device-paired-1"
         assert creds.stat().st_mode & 0o777 == 0o600
