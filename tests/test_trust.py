@@ -282,13 +282,11 @@ async def test_a_forged_mdns_record_cannot_rewrite_a_paired_device(make_hub: Any
                   retain=True).wait_for_publish(5)
         rec = await wait_for(lambda: hub.registry.get(device_id), 5, what="announced over MQTT")
         real = rec.capability
-        fetched: list[str] = []
         forged = capability_doc(device_id, name="forged", models=[{**capability_doc("y")["models"][0], "name": "evil"}])
 
         from aiohttp import web
 
         async def capability(request: web.Request) -> web.Response:
-            fetched.append(request.path)
             return web.json_response(forged)
 
         app = web.Application()
@@ -308,11 +306,11 @@ async def test_a_forged_mdns_record_cannot_rewrite_a_paired_device(make_hub: Any
             await (await azc.async_register_service(impostor))
             await wait_for(lambda: hub.state.counters.get("zeroconf_refused"), 20, what="the impostor refused")
             assert "zeroconf" not in rec.sources
-            # The device's own instance name: a hint only — nothing fetched, nothing rewritten …
+            # The device's own instance name: a hint only — nothing rewritten …
             same_name = record(device_id)
             await (await azc.async_register_service(same_name))
             await wait_for(lambda: "zeroconf" in rec.sources, 20, what="the record seen as a hint")
-            assert hub.registry.get(device_id).capability == real and fetched == []
+            assert hub.registry.get(device_id).capability == real
             # … and it does not hold the device up once its MQTT identity says it is gone.
             c.publish(f"sovereign/device/{device_id}/status", b"offline", qos=1, retain=True).wait_for_publish(5)
             await wait_for(lambda: not hub.registry.get(device_id).online, 5, what="offline despite the record")
