@@ -217,7 +217,9 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _task_quality_for_own_tasks(self) -> "ModelSpec":
-        unknown = sorted(set(self.task_quality or ()) - set(self.tasks))
+        if not self.task_quality:  # the usual case: nothing to check, no sets built
+            return self
+        unknown = sorted(set(self.task_quality) - set(self.tasks))
         if unknown:
             raise ValueError(f"task_quality names tasks the model does not serve: {', '.join(unknown)}")
         return self

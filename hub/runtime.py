@@ -15,8 +15,6 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
-from paho.mqtt.client import topic_matches_sub as paho_topic_matches_sub
-
 from aiohttp import web
 
 from .broker import BrokerAuth, EmbeddedBroker
@@ -51,7 +49,7 @@ from .plugins import PluginManager
 from .registry import DeviceChanged, DeviceRegistry, DeviceRemoved
 from .rejects import Rejections
 from .state import StateStore
-from .topics import Topics
+from .topics import Topics, topic_matches
 from .trust import Role, TrustStore, mosquitto_hash, username_for
 from .mqtt_probe import anonymous_publish_allowed
 from .pairing import Pairing
@@ -88,7 +86,8 @@ class Hub:
         self._fleet_built = 0.0
         self._fleet_dirty = True
         self._gc_threshold: tuple[int, int, int] | None = None
-        self._plugin_subscriptions: list[tuple[str, Any]] = []
+        #: (filter, handler, has a wildcard): most filters are exact topics, compared as strings.
+        self._plugin_subscriptions: list[tuple[str, Any, bool]] = []
         self.plugin_routes: list[tuple[str, str, Any]] = []
         #: Said at start and in /api/health when the set-up is less safe than the defaults.
         self.security_warnings: list[str] = []
@@ -286,8 +285,9 @@ class Hub:
         if self.homeassistant is not None and self.homeassistant.handle(message.topic, message.payload):
             return
         if self._plugin_subscriptions:
-            for topic_filter, handler in tuple(self._plugin_subscriptions):
-                if paho_topic_matches_sub(topic_filter, message.topic):
+            topic = message.topic
+            for topic_filter, handler, wild in tuple(self._plugin_subscriptions):
+                if topic_filter == topic or wild and topic_matches(topic_filter, topic):
                     try:
                         handler(message)
                     except Exception:  # a plugin's bug is its own
@@ -305,7 +305,7 @@ class Hub:
                                            properties=publish_properties(correlation))
 
         async def subscribe(topic_filter: str, qos: int, handler: Any) -> Any:
-            entry = (topic_filter, handler)
+            entry = (topic_filter, handler, "+" in topic_filter or "#" in topic_filter)
             self._plugin_subscriptions.append(entry)
             if self.mqtt is not None:
                 await self.mqtt.subscribe(topic_filter, qos)
