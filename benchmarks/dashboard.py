@@ -19,17 +19,16 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from playwright.async_api import async_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import Broker, emit, summary  # noqa: E402
+from benchmarks._common import Broker, emit, paho_client, summary  # noqa: E402
 from benchmarks.rpc import start_hub  # noqa: E402
+from hub.trust import Role  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -92,9 +91,12 @@ async def run(events: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="sovereign-dash-bench-"))
     figures: dict[str, Any] = {}
     with Broker() as broker:
+        # The devices are paired (their logins are in the hub's trust store), but one publisher
+        # speaks for all of them: a client login allowed to publish every device's topics.
+        broker.logins(Role.device, [f"bench-{i:04d}" for i in range(1000)])
         hub, api = start_hub(broker, tmp)
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"dash-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv5)
-        client.connect("127.0.0.1", broker.port)
+        client = paho_client(broker.port, "dash", broker.login(Role.client, "dash", publish=["sovereign/device/#"]),
+                             nodelay=False)
         client.loop_start()
         try:
             async with async_playwright() as pw:

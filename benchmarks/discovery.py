@@ -1,10 +1,16 @@
 """Discovery benchmark: announce storm vs a bare paho subscriber, agent start → registry,
 hub memory with 1,000 devices.
 
-    .venv/bin/python benchmarks/discovery.py [--devices 1000] [--trials 7] [--agents 8] [--json]
+    .venv/bin/python benchmarks/discovery.py [--devices 1000] [--trials 7] [--agents 8] [--anonymous] [--json]
 
 All traffic stays on 127.0.0.1. Figures are ratios against a baseline measured in the same run,
 plus p50/p95: this machine is shared and has 2 cores.
+
+The broker is authenticated as the hub's embedded one is (benchmarks/_common.py ``Broker``: no
+anonymous clients, password file, ACL file from hub/trust.py): the hub logs in with the hub login
+(readwrite ``sovereign/#``), the storm publisher with a login allowed to publish the devices'
+topics, the bare subscriber with one allowed to read them, agents with device logins. Both sides
+of the storm ratio pay the same login and ACL checks.
 """
 
 from __future__ import annotations
@@ -23,10 +29,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, Broker, emit, pct, summary  # noqa: E402
+from _common import ROOT, Broker, Login, emit, paho_client, pct, summary  # noqa: E402
 
 from hub.agent.profiles import PROFILES  # noqa: E402
 from hub.broker import free_port  # noqa: E402
@@ -34,6 +39,10 @@ from hub.capability import PROTOCOL_VERSION, Capability  # noqa: E402
 from hub.config import parse_config  # noqa: E402
 from hub.registry import DeviceChanged  # noqa: E402
 from hub.runtime import DISCOVERY_QOS, Hub  # noqa: E402
+from hub.trust import Role  # noqa: E402
+
+#: The storm's two topic roots: the hub's, and one only the bare subscriber reads.
+ROOTS = ("sovereign", "baseline")
 
 
 def announcements(prefix: str, n: int) -> list[tuple[str, bytes]]:
@@ -47,12 +56,26 @@ def announcements(prefix: str, n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def client(port: int, name: str) -> paho.Client:
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv5)
-    c.max_inflight_messages_set(65535)
+def client(port: int, name: str, login: Login) -> paho.Client:
+    c = paho_client(port, name, login, unique=False, nodelay=False, max_inflight=65535, connect=False)
     c.max_queued_messages_set(0)
     c.connect("127.0.0.1", port)
     return c
+
+
+class Logins:
+    """Who takes part, each with its own login (helper processes get theirs in the environment)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.hub = broker.hub
+        # The storm publisher stands in for 1,000 devices: a client allowed to publish every
+        # device's topics under both roots (role grants of a device would allow only its own).
+        self.publisher = broker.login(Role.client, "bench-storm", publish=[f"{r}/device/#" for r in ROOTS])
+        self.bare = broker.login(Role.client, "bench-bare", subscribe=[f"{ROOTS[1]}/device/#"])
+        self.broker = broker
+
+    def device(self, device_id: str) -> Login:
+        return self.broker.login(Role.device, device_id)
 
 
 def now() -> float:
@@ -60,9 +83,9 @@ def now() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
-def publish_all(port: int, messages: list[tuple[str, bytes]], retain: bool = False) -> float:
+def publish_all(port: int, login: Login, messages: list[tuple[str, bytes]], retain: bool = False) -> float:
     """Publish everything at QoS 1 as fast as the broker takes it; returns the start time."""
-    pub = client(port, f"bench-pub-{os.getpid()}-{time.monotonic_ns()}")
+    pub = client(port, f"bench-pub-{os.getpid()}-{time.monotonic_ns()}", login)
     pub.loop_start()
     t0 = now()
     infos = [pub.publish(t, p, qos=1, retain=retain) for t, p in messages]
@@ -80,12 +103,12 @@ def role_publish(port: int, prefix: str, n: int, root: str) -> None:
     msgs = [(t.replace("sovereign/", f"{root}/", 1), p) for t, p in announcements(prefix, n)]
     print("ready", flush=True)
     sys.stdin.readline()  # "go"
-    print(publish_all(port, msgs), flush=True)
+    print(publish_all(port, Login.from_env(), msgs), flush=True)
 
 
 def role_bare(port: int, n: int, root: str) -> None:
     count = [0]
-    sub = client(port, f"bench-bare-{os.getpid()}")
+    sub = client(port, f"bench-bare-{os.getpid()}", Login.from_env())
 
     def on_message(c: paho.Client, _u: Any, _m: Any) -> None:
         count[0] += 1
@@ -99,9 +122,10 @@ def role_bare(port: int, n: int, root: str) -> None:
     sub.loop_forever()
 
 
-def spawn(role: str, *args: object) -> subprocess.Popen[str]:
+def spawn(role: str, login: Login, *args: object) -> subprocess.Popen[str]:
+    """A helper process; its login goes in its environment, not on its command line."""
     proc = subprocess.Popen([sys.executable, __file__, "--role", role, *map(str, args)], cwd=ROOT, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=login.env())
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         raise SystemExit(f"{role} process did not get ready")
@@ -114,9 +138,9 @@ def go(pub: subprocess.Popen[str]) -> None:
     pub.stdin.flush()
 
 
-def storm_bare(port: int, prefix: str, n: int) -> float:
-    sub = spawn("bare", port, n, "baseline")
-    pub = spawn("publish", port, prefix, n, "baseline")
+def storm_bare(port: int, logins: Logins, prefix: str, n: int) -> float:
+    sub = spawn("bare", logins.bare, port, n, ROOTS[1])
+    pub = spawn("publish", logins.publisher, port, prefix, n, ROOTS[1])
     go(pub)
     t0 = float(pub.stdout.readline())  # type: ignore[union-attr]
     t_end = float(sub.stdout.readline())  # type: ignore[union-attr]
@@ -125,7 +149,7 @@ def storm_bare(port: int, prefix: str, n: int) -> float:
     return t_end - t0
 
 
-async def storm_hub(hub: Hub, port: int, prefix: str, n: int) -> float:
+async def storm_hub(hub: Hub, port: int, logins: Logins, prefix: str, n: int) -> float:
     done = asyncio.Event()
     count = [0]
     t_end = [0.0]
@@ -138,7 +162,7 @@ async def storm_hub(hub: Hub, port: int, prefix: str, n: int) -> float:
                 done.set()
 
     unsubscribe = hub.bus.subscribe(DeviceChanged, on_change)
-    pub = await asyncio.to_thread(spawn, "publish", port, prefix, n, "sovereign")
+    pub = await asyncio.to_thread(spawn, "publish", logins.publisher, port, prefix, n, ROOTS[0])
     go(pub)
     try:
         await asyncio.wait_for(done.wait(), 60)
@@ -152,11 +176,18 @@ async def storm_hub(hub: Hub, port: int, prefix: str, n: int) -> float:
 
 
 def hub_config(broker: Broker, data_dir: str, zeroconf: bool) -> Any:
-    return parse_config({"data_dir": data_dir, "mqtt": {"url": broker.url}, "http": {"port": 0},
+    mqtt = {"url": broker.url}
+    if broker.hub.username is not None:
+        mqtt.update(username=broker.hub.username, password=broker.hub.password)
+    # Pairing not required: the storm's devices are announced by one publisher, and a paired
+    # device would never enter the registry through zeroconf alone (hub/registry.py HINT_SOURCES).
+    # The cost per announcement is the same either way: the hub asks whether a device is paired
+    # only when it rebuilds the router's fleet snapshot (at most once a second) and in the API.
+    return parse_config({"data_dir": data_dir, "mqtt": mqtt, "http": {"port": 0}, "pairing": {"required": False},
                          "zeroconf": {"enabled": zeroconf, "interfaces": ["127.0.0.1"]}}, source="benchmark")
 
 
-async def bench_storm(broker: Broker, n: int, trials: int) -> dict[str, Any]:
+async def bench_storm(broker: Broker, logins: Logins, n: int, trials: int) -> dict[str, Any]:
     """Each trial: a fresh hub (empty registry, as after installing it) takes the storm, and a
     fresh bare subscriber receives the same payloads under a root the hub does not subscribe to.
     The order alternates so that drift on a shared machine hits both alike."""
@@ -165,18 +196,18 @@ async def bench_storm(broker: Broker, n: int, trials: int) -> dict[str, Any]:
     for t in range(trials):
         for which in (("bare", "hub") if t % 2 == 0 else ("hub", "bare")):
             if which == "bare":
-                bare.append(await asyncio.to_thread(storm_bare, broker.port, f"b{t}", n))
+                bare.append(await asyncio.to_thread(storm_bare, broker.port, logins, f"b{t}", n))
                 continue
             with tempfile.TemporaryDirectory() as data_dir:
                 async with Hub(hub_config(broker, data_dir, zeroconf=False)) as hub:
                     await hub.mqtt.wait_connected(10)  # type: ignore[union-attr]
-                    hubbed.append(await storm_hub(hub, broker.port, f"h{t}", n))
+                    hubbed.append(await storm_hub(hub, broker.port, logins, f"h{t}", n))
     ratios = [h / b for h, b in zip(hubbed, bare)]
     return {"devices": n, "trials": trials, "bare_s": summary(bare), "hub_s": summary(hubbed),
             "ratio_median": pct(hubbed, 0.5) / pct(bare, 0.5), "ratio_per_trial": ratios}
 
 
-async def bench_agent_start(broker: Broker, agents: int) -> dict[str, Any]:
+async def bench_agent_start(broker: Broker, logins: Logins, agents: int) -> dict[str, Any]:
     results: dict[str, list[float]] = {"mqtt": [], "zeroconf": []}
     with tempfile.TemporaryDirectory() as data_dir:
         async with Hub(hub_config(broker, data_dir, zeroconf=True)) as hub:
@@ -187,8 +218,11 @@ async def bench_agent_start(broker: Broker, agents: int) -> dict[str, Any]:
                     flags = ["--no-zeroconf"] if path == "mqtt" else ["--no-mqtt", "--zeroconf-interface", "127.0.0.1"]
                     argv = [sys.executable, "-m", "hub", "agent", "--profile", "watch", "--id", device_id,
                             "--broker", broker.url, "--http-host", "127.0.0.1", "--log-level", "warning", *flags]
+                    # A device login (username and password in the environment, as `sovereign
+                    # agent` reads them); the zeroconf-only agents never use it.
+                    env = (logins.device(device_id) if path == "mqtt" else Login(None, None)).env()
                     t0 = time.perf_counter()
-                    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True)
+                    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True, env=env)
                     try:
                         deadline = t0 + 30
                         while True:
@@ -215,12 +249,16 @@ async def bench_agent_start(broker: Broker, agents: int) -> dict[str, Any]:
             "python_interpreter_s": summary(interpreter), "agent_imports_s": summary(imports)}
 
 
-def bench_memory(broker: Broker, n: int) -> dict[str, Any]:
+def bench_memory(broker: Broker, logins: Logins, n: int) -> dict[str, Any]:
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "hub.toml"
-        cfg.write_text(f'data_dir = "{d}/data"\nlog_level = "warning"\n[mqtt]\nurl = "{broker.url}"\n'
-                       f'[http]\nport = {port}\n[zeroconf]\nenabled = false\n')
+        login = ""
+        if broker.hub.username is not None:
+            login = f'username = "{broker.hub.username}"\npassword = "{broker.hub.password}"\n'
+        cfg.write_text(f'data_dir = "{d}/data"\nlog_level = "warning"\n[mqtt]\nurl = "{broker.url}"\n{login}'
+                       f'[pairing]\nrequired = false\n[http]\nport = {port}\n[zeroconf]\nenabled = false\n')
+        cfg.chmod(0o600)
         proc = subprocess.Popen([sys.executable, "-m", "hub", "run", "--config", str(cfg)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, start_new_session=True)
         try:
@@ -241,7 +279,7 @@ def bench_memory(broker: Broker, n: int) -> dict[str, Any]:
             rss_idle = psutil.Process(proc.pid).memory_info().rss
             msgs = announcements("mem", n)
             msgs += [(t.replace("/announce", "/status"), b"online") for t, _ in msgs]
-            publish_all(broker.port, msgs, retain=True)
+            publish_all(broker.port, logins.publisher, msgs, retain=True)
             deadline = time.monotonic() + 60
             while ((h := get()) or {}).get("devices", {}).get("online") != n:
                 if time.monotonic() > deadline:
@@ -261,6 +299,8 @@ async def main() -> None:
     ap.add_argument("--trials", type=int, default=7)
     ap.add_argument("--agents", type=int, default=8)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--anonymous", action="store_true",
+                    help="an anonymous broker without ACLs, as before authentication (for comparison)")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     args, rest = ap.parse_known_args()
     if args.role == "publish":
@@ -268,10 +308,11 @@ async def main() -> None:
     if args.role == "bare":
         return role_bare(int(rest[0]), int(rest[1]), rest[2])
     print(f"$ {Path(sys.executable).name} benchmarks/discovery.py " + " ".join(sys.argv[1:]), file=sys.stderr)
-    with Broker() as broker:
-        storm = await bench_storm(broker, args.devices, args.trials)
-        start = await bench_agent_start(broker, args.agents)
-        memory = bench_memory(broker, args.devices)
+    with Broker(auth=not args.anonymous) as broker:
+        logins = Logins(broker)
+        storm = await bench_storm(broker, logins, args.devices, args.trials)
+        start = await bench_agent_start(broker, logins, args.agents)
+        memory = bench_memory(broker, logins, args.devices)
     figures = {"announce_storm": storm, "agent_start": start, "memory": memory}
     if args.json:
         emit(figures, True)
@@ -286,7 +327,7 @@ async def main() -> None:
     print(f"  over zeroconf               {ms(start['zeroconf_s'])}")
     print(f"  python interpreter alone    {ms(start['python_interpreter_s'])}")
     print(f"  agent's imports             {ms(start['agent_imports_s'])}")
-    print(f"hub memory (RSS), separate process")
+    print("hub memory (RSS), separate process")
     print(f"  idle                        {memory['rss_idle_mb']:.1f} MB")
     print(f"  with {memory['devices']} devices           {memory['rss_loaded_mb']:.1f} MB   (target < 150 MB)")
 

@@ -19,17 +19,15 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import Broker, emit, summary  # noqa: E402
-from benchmarks.rpc import Requester, start_agent, start_hub, wait_online  # noqa: E402
+from benchmarks._common import Broker, emit, paho_client, summary  # noqa: E402
+from benchmarks.rpc import Requester, device_login, start_agent, start_hub, wait_online  # noqa: E402
+from hub.trust import Role  # noqa: E402
 
 
 def polling_floor(poll_s: float, seconds: float = 3.0) -> dict[str, float]:
@@ -76,11 +74,13 @@ def cpu_per_update(updates: int = 2000) -> dict[str, float]:
 def session_latency(seconds: float, load_rps: float) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="sovereign-eeg-bench-"))
     with Broker() as broker:
+        # Command clients may send sovereign/cmd/# and read sovereign/eeg/# (hub/trust.py).
+        me = broker.login(Role.client, "eeg-bench")
+        watch = device_login(broker, "watch")
         hub, api = start_hub(broker, tmp)
-        agent, agent_id = start_agent(broker, "watch", "--echo")
+        agent, agent_id = start_agent(broker, watch, "watch", "--echo")
         received: list[tuple[float, dict[str, Any]]] = []
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"eeg-bench-{uuid.uuid4().hex[:6]}",
-                        protocol=paho.MQTTv5)
+        c = paho_client(broker.port, "eeg-bench", me, nodelay=False, connect=False)
         c.on_message = lambda _c, _u, m: received.append((time.time(), json.loads(m.payload)))
         c.connect("127.0.0.1", broker.port)
         c.loop_start()
@@ -91,7 +91,7 @@ def session_latency(seconds: float, load_rps: float) -> dict[str, Any]:
             wait_online(api, [agent_id])
 
             def load() -> None:
-                r = Requester(broker.port)
+                r = Requester(broker.port, me)
                 next_at = time.monotonic()
                 while not stop.is_set():
                     r.round_trip("sovereign/cmd/infer")
