@@ -1,6 +1,6 @@
 """Exports the agent's LiteRT models for the MicroPython firmware.
 
-    python firmware/export.py        # writes firmware/micropython/models/<name>.json
+    .venv/bin/python firmware/export.py    # writes firmware/micropython/models/<name>.json
 
 The firmware cannot run LiteRT, so each fully connected layer's weights are read out of the
 ``.tflite`` file (dequantised where LiteRT stored them as int8) and quantised again per output

@@ -190,3 +190,15 @@ def test_provision_reports_a_full_filesystem(tmp_path: Path) -> None:
         # The interpreter socat ran may still hold the directory for a moment: a lazy unmount
         # detaches it now and frees it when that process is gone (a plain one left it mounted).
         subprocess.run(["umount", "--lazy", str(flash)], check=False)
+
+
+def test_the_documented_export_reproduces_the_shipped_models() -> None:
+    """firmware/README.md: `.venv/bin/python firmware/export.py` rebuilds the models from the
+    agent's LiteRT files; run as documented, it writes what the repository ships."""
+    # The script's own functions, run from the file as the command does, without writing.
+    script = ("import json, runpy; m = runpy.run_path('firmware/export.py'); "
+              "print(json.dumps({n: m['export'](n) for n in m['MODELS']}))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name, doc in json.loads(done.stdout.splitlines()[-1]).items():
+        assert doc == json.loads((FIRMWARE / "models" / f"{name}.json").read_text()), name
