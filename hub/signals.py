@@ -51,7 +51,7 @@ async def enter_unless_stopped(cm: Any, stop: asyncio.Event) -> bool:
     finally:
         stopping.cancel()
     if not start.done():
-        log.info("stop requested during start-up: cancelling it")
+        log.warning("stop requested during start-up: cancelling it")
         start.cancel()
     try:
         await start
