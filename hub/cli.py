@@ -598,11 +598,11 @@ def _cmd_provision(args: argparse.Namespace) -> int:
         print(f"error: invalid device id {args.device_id!r}", file=sys.stderr)
         return 2
     login: tuple[str | None, str | None] = (None, None)
-    named = args.broker
+    named, ca_pem = args.broker, None
     if args.pair and not args.dry_run:
         from .agent import credentials
         try:
-            creds, _ca = credentials.redeem(args.url, args.pair, args.device_id)
+            creds, ca_pem = credentials.redeem(args.url, args.pair, args.device_id)
         except credentials.PairingFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -615,9 +615,9 @@ def _cmd_provision(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if broker.scheme == "mqtts":
-        print(f"error: the broker {broker} speaks TLS, which this firmware's MQTT client does not yet; run the "
-              "hub's broker on a network you trust for the board (docs/security.md)", file=sys.stderr)
+    if broker.scheme == "mqtts" and not ca_pem:
+        print(f"error: the broker {broker} speaks TLS: pair the board (--pair CODE) so that it gets the hub's CA",
+              file=sys.stderr)
         return 2
     password = None
     if args.wifi_ssid:
@@ -625,7 +625,8 @@ def _cmd_provision(args: argparse.Namespace) -> int:
         if password is None and not args.dry_run:
             password = getpass.getpass(f"Wi-Fi password for {args.wifi_ssid}: ")  # never echoed
     opts = ProvisionOptions(args.port, args.device_id, broker.host, broker.port, args.wifi_ssid, password, args.name,
-                            args.topic_root, args.battery_adc_pin, mqtt_user=login[0], mqtt_password=login[1])
+                            args.topic_root, args.battery_adc_pin, mqtt_user=login[0], mqtt_password=login[1],
+                            ca_pem=ca_pem if broker.scheme == "mqtts" else None)
     if args.dry_run:
         print(f"would write to {args.port}:")
         for line in describe(opts):

@@ -39,12 +39,24 @@ class ProvisionOptions:
     #: The board's own MQTT login, from pairing (``sovereign provision --pair CODE``).
     mqtt_user: str | None = None
     mqtt_password: str | None = None
+    #: The broker's CA (PEM) when it speaks TLS (the hub's own, from pairing).
+    ca_pem: str | None = None
+
+
+def pem_to_der_b64(pem: str) -> str:
+    """A PEM certificate's body is its DER in base64: what the firmware's TLS (mbedtls) loads."""
+    body = [line.strip() for line in pem.strip().splitlines() if line.strip() and not line.startswith("-----")]
+    if not body or not pem.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
+        raise ProvisionError("the broker's CA is not a PEM certificate")
+    return "".join(body)
 
 
 def board_config(o: ProvisionOptions) -> dict[str, object]:
     broker: dict[str, object] = {"host": o.broker_host, "port": o.broker_port}
     if o.mqtt_user:
         broker.update(user=o.mqtt_user, password=o.mqtt_password or "")
+    if o.ca_pem:
+        broker["ca_der_b64"] = pem_to_der_b64(o.ca_pem)
     cfg: dict[str, object] = {"device_id": o.device_id, "name": o.name or o.device_id, "topic_root": o.topic_root,
                               "broker": broker}
     if o.wifi_ssid:

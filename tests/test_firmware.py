@@ -202,3 +202,27 @@ def test_the_documented_export_reproduces_the_shipped_models() -> None:
     assert done.returncode == 0, done.stderr
     for name, doc in json.loads(done.stdout.splitlines()[-1]).items():
         assert doc == json.loads((FIRMWARE / "models" / f"{name}.json").read_text()), name
+
+
+async def test_firmware_joins_the_hubs_tls_broker_with_its_own_login(make_hub: Any, tmp_path: Path) -> None:
+    """A board on the LAN: the hub's broker speaks only TLS there; the firmware verifies it against
+    the hub's CA (from pairing) and logs in as its own device."""
+    from hub.provision import pem_to_der_b64
+    async with make_hub(None, broker={"port": 0, "tls": "on"}, pairing={"required": True},
+                        zeroconf={"enabled": False}) as hub:
+        issued = hub.pairing.pair_device("fw-tls")
+        broker = {"host": "127.0.0.1", "port": hub.embedded_broker.port, "user": issued.username,
+                  "password": issued.password, "ca_der_b64": pem_to_der_b64(hub.embedded_broker.ca_pem() or "")}
+        (tmp_path / "config.json").write_text(json.dumps({"device_id": "fw-tls", "broker": broker,
+                                                          "battery": {"pct": 64}, "heartbeat_s": 2}))
+        proc = subprocess.Popen([MICROPYTHON, str(FIRMWARE / "main.py"), str(tmp_path / "config.json"), str(FIRMWARE)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            await wait_for(lambda: (r := hub.registry.get("fw-tls")) and r.online, 20, what="firmware over TLS")
+            hub._fleet = None
+            out = await hub.dispatcher.infer(InferRequest(task="intent", text="turn off the kitchen lights",
+                                                          budget_ms=3000))
+            assert out.ok and out.served_by["device"] == "fw-tls", out
+        finally:
+            proc.kill()
+            proc.wait()

@@ -139,8 +139,12 @@ class Device:
 
     def connect(self):
         b = self.cfg["broker"]
+        ca = b.get("ca_der_b64")  # TLS: the hub's CA, from pairing (sovereign provision --pair)
+        if ca:
+            import binascii
+            ca = binascii.a2b_base64(ca)
         c = MQTTClient("sovereign-fw-" + self.id, b["host"], b.get("port", 1883), keepalive=b.get("keepalive", 30),
-                       user=b.get("user"), password=b.get("password"))
+                       user=b.get("user"), password=b.get("password"), ca_der=ca or None)
         c.set_last_will(self.topics["status"], "offline", retain=True, qos=1)
         c.set_callback(self.on_message)
         c.connect()
