@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hub.broker import free_port, port_in_use
+from hub.private_file import write_private
 from hub.trust import Role, TrustStore, mosquitto_hash
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,12 +108,8 @@ class Broker:
         assert self.trust is not None
         passwd = self.trust.passwd_text({HUB_USERNAME: self._hub_hash})
         acl = self.trust.acl_text(TOPIC_ROOT, HUB_USERNAME, HA_PREFIX)
-        for name, text in (("passwd", passwd), ("acl", acl)):
-            tmp = self.dir / f"{name}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            tmp.replace(self.dir / name)
+        write_private(self.dir / "passwd", passwd)
+        write_private(self.dir / "acl", acl)
 
     def _wait_accepted(self, username: str, password: str, timeout: float = 5.0) -> None:
         """SIGHUP is handled in Mosquitto's main loop: wait until the new login is accepted."""

@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import re
 import secrets
 import socket
@@ -36,6 +35,7 @@ from pathlib import Path
 from aiohttp import hdrs, web
 
 from .pairing_api import PUBLIC_WRITES
+from .private_file import write_private
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -95,13 +95,7 @@ class AdminToken:
         (uid, gid) to give the file (root resetting another user's hub)."""
         token = secrets.token_urlsafe(24)
         digest = _digest(token)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"sha256": digest, "created": time.time()}, f)
-        if owner is not None:
-            os.chown(tmp, *owner)
-        tmp.replace(self.path)
+        write_private(self.path, json.dumps({"sha256": digest, "created": time.time()}), owner)
         self.load()
         return token
 

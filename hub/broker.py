@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
-import os
 import re
 import shutil
 import signal
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from .children import spawn
 from .config import BrokerUrl, EmbeddedBrokerConfig, TlsConfig
+from .private_file import write_private
 from .tls import ensure_broker_certificate
 
 log = logging.getLogger(__name__)
@@ -133,12 +133,8 @@ class EmbeddedBroker:
         if self.auth is None or self._auth_dir is None:
             return
         passwd, acl = self.auth.render()
-        for name, text in (("passwd", passwd), ("acl", acl)):
-            tmp = self._auth_dir / f"{name}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            tmp.replace(self._auth_dir / name)
+        write_private(self._auth_dir / "passwd", passwd)
+        write_private(self._auth_dir / "acl", acl)
 
     def reload(self) -> None:
         """Apply changed credentials now: Mosquitto re-reads both files on SIGHUP and drops

@@ -17,7 +17,6 @@ import enum
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import time
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .capability import is_valid_device_id
+from .private_file import write_private
 
 #: Mosquitto's password-file format: ``user:$7$<iterations>$<salt b64>$<hash b64>``.
 HASH_ITERATIONS = 101
@@ -139,11 +139,7 @@ class TrustStore:
         data = {"credentials": [dict(asdict(c), role=c.role.value) for c in self._creds.values()],
                 "codes": [asdict(c) for c in self._codes]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        tmp.replace(self.path)
+        write_private(self.path, json.dumps(data, indent=1))
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..private_file import write_private
+
 
 class PairingFailed(RuntimeError):
     pass
@@ -59,21 +61,13 @@ def redeem(hub_url: str, code: str, device_id: str, timeout_s: float = 10.0) -> 
     return creds, doc.get("ca_pem")
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    tmp.replace(path)
-
-
 def save(path: Path, creds: AgentCredentials, ca_pem: str | None) -> AgentCredentials:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if ca_pem:
         ca_path = path.with_suffix(".ca.pem")
-        _write_private(ca_path, ca_pem)
+        write_private(ca_path, ca_pem)
         creds = AgentCredentials(**{**asdict(creds), "ca_file": str(ca_path)})
-    _write_private(path, json.dumps(asdict(creds), indent=1))
+    write_private(path, json.dumps(asdict(creds), indent=1))
     return creds
 
 
