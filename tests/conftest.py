@@ -192,6 +192,17 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
         await asyncio.sleep(interval)
 
 
+def poll(predicate: Callable[[], Any], timeout: float, what: str = "condition", interval: float = 0.02) -> Any:
+    """``wait_for`` for code outside the event loop (threads, plain tests): the predicate's
+    first true value, or AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
 @pytest.fixture
 def scratch() -> Any:
     d = Path(tempfile.mkdtemp(prefix="sovereign-test-"))

@@ -21,7 +21,7 @@ from hub.broker import free_port
 from hub import children
 from hub.children import PIDFILE, is_running, start_time
 
-from .conftest import MOSQUITTO, ROOT, Mosquitto
+from .conftest import MOSQUITTO, ROOT, Mosquitto, poll
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux")
 
@@ -40,15 +40,6 @@ def children_of(pid: int) -> set[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.add(int(entry.name))
     return found
-
-
-def poll(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 def recorded(pidfile: Path) -> list[dict[str, Any]]:

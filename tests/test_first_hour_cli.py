@@ -28,7 +28,7 @@ import psutil
 import pytest
 from aiohttp import web
 
-from .conftest import ROOT, serve_app, wait_for
+from .conftest import ROOT, poll, serve_app, wait_for
 from .test_commands import client, v5_props
 
 VENV_BIN = Path(sys.executable).parent
@@ -37,15 +37,6 @@ VENV_BIN = Path(sys.executable).parent
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hub", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def poll(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 class Lines:
