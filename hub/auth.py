@@ -19,7 +19,6 @@ Two checks, in this order, on every request (``hub/http_api.py`` runs them in on
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import hmac
 import ipaddress
@@ -36,6 +35,7 @@ from aiohttp import hdrs, web
 
 from .pairing_api import PUBLIC_WRITES
 from .private_file import write_private
+from .ratelimit import FailureWindow
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -233,8 +233,7 @@ class Guard:
     def __init__(self, admin: AdminToken, configured: str | None, mode: str, max_failures: int = 10,
                  window_s: float = 60.0) -> None:
         self.admin, self.configured, self.mode = admin, configured, mode
-        self.max_failures, self.window_s = max_failures, window_s
-        self._failures: dict[str, collections.deque[float]] = {}
+        self.failures = FailureWindow(max_failures, window_s)
 
     def needs_token(self, request: web.Request) -> bool:
         if (request.method, request.path) in PUBLIC_WRITES:
@@ -273,15 +272,10 @@ class Guard:
     def _wrong(self, client: str) -> Refusal:
         """Count a wrong token from ``client``; past ``max_failures`` in the window, 429."""
         now = time.monotonic()
-        if len(self._failures) > 4096:  # many clients: forget those quiet for a window
-            self._failures = {c: f for c, f in self._failures.items() if f and now - f[-1] <= self.window_s}
-        fails = self._failures.setdefault(client, collections.deque(maxlen=self.max_failures))
-        while fails and now - fails[0] > self.window_s:
-            fails.popleft()
-        locked = len(fails) >= self.max_failures
-        retry = int(self.window_s - (now - fails[0])) + 1 if locked else 0
-        fails.append(now)  # still counted while refused: hammering keeps the window full
-        if locked:
+        wait = self.failures.wait_s(client, now)
+        self.failures.add(client, now)  # still counted while refused: hammering keeps the window full
+        if wait:
+            retry = int(wait) + 1
             return Refusal(429, "too_many_failures", f"too many wrong tokens; retry in {retry} s",
                            {"Retry-After": str(retry)})
         return Refusal(401, "unauthorized", "wrong token")

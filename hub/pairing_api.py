@@ -7,7 +7,6 @@ an admin write or read behind the usual token rules.
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .capability import is_valid_device_id
 from .config import format_validation_error, is_loopback
+from .ratelimit import FailureWindow
 from .trust import Role, TrustError
 
 if TYPE_CHECKING:
@@ -58,25 +58,6 @@ async def _body(request: web.Request, model: type[_Body]) -> Any:
         raise web.HTTPBadRequest(text=format_validation_error(exc).replace("\n", "; ")) from None
 
 
-class _Failures:
-    """Wrong codes per client address in a sliding window."""
-
-    def __init__(self, limit: int, window_s: float = 60.0) -> None:
-        self.limit, self.window_s = limit, window_s
-        self._seen: dict[str, collections.deque[float]] = {}
-
-    def blocked_for(self, client: str, now: float) -> float:
-        q = self._seen.get(client)
-        if not q:
-            return 0.0
-        while q and now - q[0] > self.window_s:
-            q.popleft()
-        return self.window_s - (now - q[0]) if len(q) >= self.limit else 0.0
-
-    def add(self, client: str, now: float) -> None:
-        self._seen.setdefault(client, collections.deque()).append(now)
-
-
 def broker_url_for(hub: "Hub", request: web.Request) -> str:
     """The broker address a pairing device should use: the name it reached this API by, when
     the broker listens beyond loopback; otherwise the broker's own address."""
@@ -90,7 +71,7 @@ def broker_url_for(hub: "Hub", request: web.Request) -> str:
 
 
 def add_pairing_routes(app: web.Application, hub: "Hub") -> None:
-    failures = _Failures(hub.config.pairing.max_failures_per_minute)
+    failures = FailureWindow(hub.config.pairing.max_failures_per_minute)
 
     async def new_code(request: web.Request) -> web.Response:
         body = await _body(request, CodeRequest)
@@ -108,7 +89,7 @@ def add_pairing_routes(app: web.Application, hub: "Hub") -> None:
 
     async def pair(request: web.Request) -> web.Response:
         client, now = request.remote or "?", time.monotonic()
-        wait = failures.blocked_for(client, now)
+        wait = failures.wait_s(client, now)
         if wait:
             retry = int(wait) + 1
             return _error(429, "too_many_failures", f"too many wrong pairing codes; retry in {retry} s",
