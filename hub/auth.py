@@ -33,11 +33,12 @@ from pathlib import Path
 
 from aiohttp import hdrs, web
 
-from .pairing_api import PUBLIC_WRITES
 from .private_file import write_private
 from .ratelimit import FailureWindow
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+#: The one public write, (method, path): a pairing code authorises it, not a token (hub/pairing_api.py).
+PUBLIC_WRITES = frozenset({("POST", "/api/pair")})
 
 
 @dataclass(frozen=True)

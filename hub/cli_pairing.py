@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any
 
+from .cli_api import api_call, columns
+
 
 def add_parser(sub: Any, default_api: str) -> None:
     pa = sub.add_parser("pair", help="pair a device (prints a one-time code) or make a command client's login",
@@ -33,7 +35,6 @@ def add_parser(sub: Any, default_api: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import _columns, api_call
     if args.list:
         doc = api_call("GET", args.url, "/api/pairing")
     elif args.revoke_client:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         rows = [("USERNAME", "ROLE", "EXTRA PUBLISH", "EXTRA SUBSCRIBE")]
         rows += [(c["username"], c["role"], ",".join(c["publish"]) or "-", ",".join(c["subscribe"]) or "-")
                  for c in doc["credentials"]]
-        print("\n".join(_columns(rows)))
+        print("\n".join(columns(rows)))
         print(f"\nopen codes: {doc['open_codes']}   pending devices: {', '.join(doc['pending']) or 'none'}"
               + ("" if doc["required"] else "   (pairing.required is false: every device is routed to)"))
     elif args.revoke_client:

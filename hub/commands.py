@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import Field, ValidationError
 
-from .config import format_validation_error
-from .deferred import ReplyRoute, Waiting
-from .dispatch import InferOutcome, InferRequest, RequestError
-from .mqtt import Message, publish_properties
+from .config import HubConfig, format_validation_error
+from .deferred import DeferredStore, ReplyRoute, Waiting
+from .router.request import InferOutcome, InferRequest, RequestError
+from .mqtt import Message, MqttLink, publish_properties
 from .rpc import RpcChunk, RpcErrorBody, RpcResponse
 
 if TYPE_CHECKING:
-    from .runtime import Hub
+    from .dispatch import Dispatcher
+    from .rejects import Rejections
+    from .topics import Topics
 
 log = logging.getLogger(__name__)
+
+
+class CommandsHub(Protocol):
+    """What :class:`Commands` uses of the hub (hub/runtime.py's ``Hub`` is one)."""
+
+    config: HubConfig
+    topics: Topics
+    dispatcher: Dispatcher
+    deferred_store: DeferredStore
+    rejections: Rejections
+    mqtt: MqttLink | None
 
 
 class InferCommand(InferRequest):
@@ -33,7 +46,7 @@ class InferCommand(InferRequest):
 
 
 class Commands:
-    def __init__(self, hub: "Hub") -> None:
+    def __init__(self, hub: CommandsHub) -> None:
         self.hub = hub
         root = hub.topics.root
         self.topic = f"{root}/cmd/infer"
@@ -53,7 +66,7 @@ class Commands:
 
     def resume_deferred(self) -> int:
         """Run the deferred requests a previous hub process left waiting (hub/deferred.py)."""
-        waiting = self.hub.dispatcher.store.waiting()
+        waiting = self.hub.deferred_store.waiting()
         for w in waiting:
             self._spawn(self._resume(w))
         return len(waiting)
@@ -74,7 +87,7 @@ class Commands:
             body = RpcResponse(id=w.request.id, ok=False, error=RpcErrorBody(code=exc.code, message=exc.message))
             doc = body.model_dump(exclude_none=True)
         # A hub stopping meanwhile cancels this before here: the request stays waiting.
-        await asyncio.to_thread(hub.dispatcher.store.finish, w.request.id, doc)
+        await asyncio.to_thread(hub.deferred_store.finish, w.request.id, doc)
         log.info("resumed deferred request %s: %s", w.request.id, "ok" if body.ok else body.error)
         if reply is not None:
             await reply(body.model_dump_json(exclude_none=True))
@@ -110,14 +123,13 @@ class Commands:
             reply = self._reply(reply_topic, correlation)
             if reply is None:
                 raise RequestError("bad_request", self._bad_reply(reply_topic))
-            emit = None
-            if cmd.stream:
-                seq = 0
+            seq = 0
 
-                async def emit(text: str) -> None:
-                    nonlocal seq
-                    await reply(RpcChunk(id=cmd.id or "", seq=seq, chunk=text).model_dump_json())
-                    seq += 1
+            async def send_chunk(text: str) -> None:
+                nonlocal seq
+                await reply(RpcChunk(id=cmd.id or "", seq=seq, chunk=text).model_dump_json())
+                seq += 1
+            emit = send_chunk if cmd.stream else None
             # An InferCommand is an InferRequest; the reply route is kept if it is deferred.
             route = ReplyRoute(response_topic or cmd.reply_to or "", correlation)
             body = _response(await hub.dispatcher.infer(cmd, emit, route))

@@ -14,12 +14,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pydantic import ValidationError
+
+from .config import format_validation_error
+from .router.request import InferRequest
 from .sqlite_db import open_db
-
-if TYPE_CHECKING:
-    from .dispatch import InferRequest
 
 #: How long a finished deferred request's outcome is kept for its caller.
 KEEP_FINISHED_S = 86400
@@ -35,7 +36,7 @@ class ReplyRoute:
 
 @dataclass(frozen=True)
 class Waiting:
-    request: "InferRequest"
+    request: InferRequest
     run_at: float
     reply: ReplyRoute | None
 
@@ -47,8 +48,7 @@ class DeferredStore:
                                  " state TEXT NOT NULL, outcome TEXT, finished_at REAL)")
         self._lock = threading.Lock()
 
-    def add(self, req: "InferRequest", run_at: float, reply: ReplyRoute | None) -> None:
-        from .dispatch import InferRequest  # here: dispatch imports this module
+    def add(self, req: InferRequest, run_at: float, reply: ReplyRoute | None) -> None:
         # Only the request's own fields: a command's reply_to is kept as its reply route.
         doc = req.model_dump_json(include=set(InferRequest.model_fields))
         with self._lock, self._db:
@@ -64,10 +64,6 @@ class DeferredStore:
             self._db.execute("DELETE FROM deferred WHERE state = 'done' AND finished_at < ?", (now - KEEP_FINISHED_S,))
 
     def waiting(self) -> list[Waiting]:
-        from pydantic import ValidationError
-
-        from .config import format_validation_error
-        from .dispatch import InferRequest
         with self._lock:
             rows = self._db.execute("SELECT id, request, run_at, reply_topic, correlation FROM deferred"
                                     " WHERE state = 'waiting' ORDER BY run_at").fetchall()

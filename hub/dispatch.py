@@ -10,8 +10,12 @@ waits in a bounded queue while that fits its budget, and is refused ``overloaded
 a device's ``busy`` refusal is back-pressure and an invalid request the caller's error, neither
 the device's failure. Every attempt becomes an outcome for the router's stats and
 a ledger entry; every success is offered to the cache and to the compiled-pattern detector.
-Deferrable requests (with a deadline) wait for the window the energy forecast picks; they are
-written down while they wait (hub/deferred.py) and resumed after a restart.
+Deferrable requests (with a deadline) wait for the window the energy forecast picks, and for a
+free slot when a batch let go at once finds every one taken; they are written down while they
+wait (hub/deferred.py) and resumed after a restart.
+
+The dispatcher is handed everything it uses (hub/runtime.py builds the live hub's; hub/simulate.py
+a simulated home's and a virtual clock): the simulator runs this same code.
 """
 
 from __future__ import annotations
@@ -21,107 +25,42 @@ import collections
 import json
 import logging
 import math
-import time
 import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from pydantic import ConfigDict, Field
-
+from .clock import Clock, SystemClock
 from .config import DispatchConfig
 from .deferred import DeferredStore, ReplyRoute
-from .router.ledger import LedgerEntry
-from .router.model import Candidate, RouteDecision, TaskRequest
+from .energy.model import EnergySnapshot, ModeThresholds
+from .router.cache import ResultCache, normalise
+from .router.ledger import Ledger, LedgerEntry
+from .router.model import MAX_BUDGET_MS, Candidate, FleetSnapshot, RouteDecision, TaskRequest
 from .router.plan import plan_consensus, plan_deferral
-from .router.route import cloud_counterfactual, route
-from .router.stats import Outcome
-from .rpc import BACKPRESSURE_ERRORS, CALLER_ERRORS, MAX_TIMEOUT_MS, RpcErrorBody
-from .live import TaskCompleted
-from .rpc_client import OnChunk
-
-if TYPE_CHECKING:
-    from .runtime import Hub
+from .router.request import Attempt, InferOutcome, InferRequest, RequestError
+from .router.route import RouterConfig, cloud_counterfactual, route
+from .router.rules import RuleBook
+from .router.stats import Outcome, StatsStore
+from .rpc import BACKPRESSURE_ERRORS, CALLER_ERRORS, OnChunk, RpcErrorBody, RpcResponse
 
 log = logging.getLogger(__name__)
 
 
-class InferRequest(TaskRequest):
-    """What a client sends to run a task (``POST /api/infer``, ``<root>/cmd/infer``)."""
+class RpcCaller(Protocol):
+    """Calls a method on a device and waits for its answer: MQTT RPC in the hub
+    (hub/rpc_client.py), a simulated device in the simulator (hub/sim/devices.py)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    input_required: ClassVar[bool] = True  # a task to run names what it runs on
-    stream: bool = Field(default=False, description="Stream text as it is generated")
-    options: dict[str, Any] = Field(default_factory=dict, description="max_tokens, temperature, system")
-    timeout_ms: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_MS, description="Hard limit for the whole request")
-
-
-@dataclass
-class Attempt:
-    device_id: str
-    model: str
-    tier: str
-    ok: bool
-    latency_ms: float
-    error: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device_id, "model": self.model, "tier": self.tier, "ok": self.ok,
-                "latency_ms": round(self.latency_ms, 3), **({"error": self.error} if self.error else {})}
-
-
-@dataclass
-class InferOutcome:
-    id: str
-    task: str
-    ok: bool
-    output: Any = None
-    served_by: dict[str, str] | None = None  # device, model, layer
-    confidence: float | None = None
-    latency_ms: float = 0.0
-    joules: float = 0.0
-    gco2: float = 0.0
-    cost: float = 0.0
-    cached: bool = False
-    simulated: bool = False
-    attempts: list[Attempt] = field(default_factory=list)
-    error: dict[str, Any] | None = None  # code, message; retry_after_s when overloaded
-    reasons: list[str] = field(default_factory=list)
-    deferred_s: float = 0.0
-    votes: dict[str, int] | None = None
-    hub: str = ""  # which hub answered (several may share a fleet)
-    runtime: str = ""  # the answering model's runtime (the cache's key; not in the document)
-
-    def to_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"id": self.id, "hub": self.hub, "task": self.task, "ok": self.ok, "output": self.output,
-                               "served_by": self.served_by, "confidence": self.confidence,
-                               "latency_ms": round(self.latency_ms, 3), "joules": round(self.joules, 6),
-                               "gco2": round(self.gco2, 9), "cost": round(self.cost, 9), "cached": self.cached,
-                               "attempts": [a.to_dict() for a in self.attempts], "reasons": self.reasons}
-        if self.simulated:
-            doc["simulated"] = True
-        if self.error:
-            doc["error"] = self.error
-        if self.deferred_s:
-            doc["deferred_s"] = round(self.deferred_s, 3)
-        if self.votes is not None:
-            doc["votes"] = self.votes
-        return doc
-
-
-class RequestError(ValueError):
-    """A request the hub refuses before routing (too large, unknown device...)."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+    async def call(self, device_id: str, method: str, params: dict[str, Any], timeout_s: float,
+                   request_id: str | None = None, on_chunk: OnChunk | None = None) -> RpcResponse: ...
 
 
 class Slots:
     """One (device, model)'s announced max_concurrency, held at the hub: calls beyond it wait
     here in order instead of being sent to a device that would refuse them ``busy``."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, clock: Clock) -> None:
         self.capacity = capacity
+        self.clock = clock
         self.active = 0
         self.paused_until = 0.0  # monotonic: a rate_limited refusal's retry_after_s
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -132,7 +71,7 @@ class Slots:
 
     @property
     def paused(self) -> bool:
-        return self.paused_until > time.monotonic()
+        return self.paused_until > self.clock.monotonic()
 
     def try_acquire(self) -> bool:
         if self.active >= self.capacity or self._waiters or self.paused:
@@ -184,14 +123,28 @@ class Slots:
 
 
 class Dispatcher:
-    def __init__(self, hub: "Hub", cfg: DispatchConfig, store: DeferredStore) -> None:
-        self.hub = hub
-        self.cfg = cfg
-        self.store = store
+    """Runs requests on what it is handed (the composition root, hub/runtime.py, wires the live
+    hub's services; hub/simulate.py wires simulated devices and a virtual clock): the same
+    task path for both."""
+
+    def __init__(self, cfg: DispatchConfig, router: RouterConfig, *, fleet: Callable[[], FleetSnapshot],
+                 energy: Callable[[], EnergySnapshot], stats: StatsStore, cache: ResultCache, rules: RuleBook,
+                 ledger: Ledger, rpc: RpcCaller, clock: Clock = SystemClock(), store: DeferredStore | None = None,
+                 known_device: Callable[[str], bool] = lambda _id: True,
+                 on_outcome: Callable[[InferOutcome], None] | None = None, hub_id: str = "",
+                 thresholds: ModeThresholds | None = None) -> None:
+        self.cfg, self.router = cfg, router
+        self.fleet, self.energy = fleet, energy
+        self.stats, self.cache, self.rules, self.ledger = stats, cache, rules, ledger
+        self.rpc, self.clock, self.store = rpc, clock, store
+        self.known_device, self.on_outcome, self.hub_id = known_device, on_outcome, hub_id
+        self.thresholds = thresholds or ModeThresholds()
         self.deferred: dict[str, float] = {}  # request id -> run at
         self._written: set[str] = set()  # ids this process deferred: their outcomes go to the store
         self.counts: collections.Counter[str] = collections.Counter()
         self.slots: dict[tuple[str, str], Slots] = {}  # (device, model)
+        self._refining: set[tuple[str, str]] = set()  # (task, normalised input) being refined
+        self._background: set[asyncio.Task[None]] = set()
 
     def check(self, req: InferRequest) -> None:
         size = len(req.text.encode()) if req.text is not None else (len(req.data) * 3 // 4 if req.data else 0)
@@ -200,12 +153,12 @@ class Dispatcher:
                                             " (dispatch.max_input_bytes)", 413)
         if req.text is not None:
             # Refused here rather than by every device in turn: no model of the task takes it.
-            limits = [e.model.max_text_chars for e in self.hub.fleet().by_task.get(req.task, ())]
+            limits = [e.model.max_text_chars for e in self.fleet().by_task.get(req.task, ())]
             if limits and all(n is not None and len(req.text) > n for n in limits):
                 raise RequestError("too_large", f"text of {len(req.text)} characters exceeds what every {req.task} "
                                                 f"model announced it takes (at most {max(n or 0 for n in limits)})",
                                    413)
-        if req.requester is not None and self.hub.registry.get(req.requester) is None:
+        if req.requester is not None and not self.known_device(req.requester):
             raise RequestError("unknown_device", f"requester {req.requester!r} is not a known device")
 
     async def infer(self, req: InferRequest, emit: OnChunk | None = None,
@@ -215,11 +168,13 @@ class Dispatcher:
         self.check(req)
         if not req.id:
             req = req.model_copy(update={"id": uuid.uuid4().hex[:16]})
-        started = time.perf_counter()
-        timeout_s = (req.timeout_ms or self.cfg.default_timeout_ms) / 1000
+        clock = self.clock
+        started = clock.monotonic()
+        # With no timeout of its own, a request may take at least its latency budget.
+        timeout_s = req.timeout_ms / 1000 if req.timeout_ms else max(self.cfg.default_timeout_ms, req.budget_ms) / 1000
         if req.deadline is not None and req.timeout_ms is None:
             # Deferrable work may wait for its window: the deadline bounds it, not the default.
-            timeout_s = max(timeout_s, req.deadline - time.time())
+            timeout_s = max(timeout_s, req.deadline - clock.time())
         self.counts["requests"] += 1
         try:
             async with asyncio.timeout(timeout_s):
@@ -227,28 +182,18 @@ class Dispatcher:
         except TimeoutError:
             out = InferOutcome(req.id, req.task, False, error={"code": "timeout",
                                "message": f"no answer within the request's {timeout_s * 1000:.0f} ms"})
-        out.latency_ms = (time.perf_counter() - started) * 1000 - out.deferred_s * 1000
-        out.hub = self.hub.config.hub_id
+        out.latency_ms = (clock.monotonic() - started) * 1000 - out.deferred_s * 1000
+        out.hub = self.hub_id
         if req.id in self._written:  # a cancellation (hub stop) leaves it waiting for the next start
             self._written.discard(req.id)
-            await asyncio.to_thread(self.store.finish, req.id, out.to_dict())
+            if self.store is not None:
+                await asyncio.to_thread(self.store.finish, req.id, out.to_dict())
         self.counts["ok" if out.ok else "failed"] += 1
-        self._publish(out)
+        if self.on_outcome is not None:
+            self.on_outcome(out)
         log.info("task %s %s: %s via %s in %.1f ms", req.id, req.task, "ok" if out.ok else out.error,
                  out.served_by, out.latency_ms)
         return out
-
-    def _publish(self, out: InferOutcome) -> None:
-        """To the live feed, and the figures Grafana charts into the history."""
-        hub = self.hub
-        if hub.live.clients:
-            hub.bus.publish(TaskCompleted(out.to_dict()))
-        layer = (out.served_by or {}).get("layer", "failed")
-        now = time.time()
-        hub.record(f"route.{layer}.latency_ms", now, out.latency_ms)
-        hub.record(f"route.{layer}.cost", now, out.cost)
-        hub.record(f"route.{layer}.gco2", now, out.gco2)
-        hub.record(f"route.{layer}.joules", now, out.joules)
 
     async def _infer(self, req: InferRequest, emit: OnChunk | None, started: float,
                      reply: ReplyRoute | None) -> InferOutcome:
@@ -270,93 +215,153 @@ class Dispatcher:
         return out
 
     async def _answer(self, req: InferRequest, emit: OnChunk | None, reply: ReplyRoute | None) -> InferOutcome:
-        hub = self.hub
-        rule = hub.rules.match(req)
+        now = self.clock.time
+        rule = self.rules.match(req)
         if rule is not None:
             self._ledger(req, "hub", f"rule:{rule.id}", "rule", True, 0.0, 0.0, 0.0, 0.0)
             return InferOutcome(req.id, req.task, True, rule.answer, {"device": "hub", "model": f"rule:{rule.id}",
                                 "layer": "code"}, 1.0, reasons=[f"approved compiled pattern {rule.id}"])
-        decision = route(req, hub.fleet(), hub.config.router, hub.stats.snapshot())
+        decision = route(req, self.fleet(), self.router, self.stats.snapshot())
         deferred_s = 0.0
         if req.deadline is not None and len(self.deferred) < self.cfg.max_deferred:
-            plan = plan_deferral(req, decision, hub.energy_snapshot())
-            if plan.run_at > time.time() + 1:
+            plan = plan_deferral(req, decision, self.energy(), self.thresholds)
+            if plan.run_at > now() + 1:
                 deferred_s = await self._wait_until(req, plan.run_at, reply)
-                decision = route(req, hub.fleet(), hub.config.router, hub.stats.snapshot())
+                decision = route(req, self.fleet(), self.router, self.stats.snapshot())
         reasons = list(decision.reasons)
         if decision.chosen is None:
             return InferOutcome(req.id, req.task, False, error={"code": "no_route", "message": reasons[-1]},
                                 reasons=reasons + [f"{e.device_id}/{e.model}: {e.reason}" for e in decision.excluded],
                                 deferred_s=deferred_s)
-        # Only answers of a model the router accepts for this request now, announced with the
-        # same runtime by an online device: the chain's (model, runtime) pairs, best first.
-        hit = hub.cache.get(req, [(c.model, c.runtime) for c in decision.chain])
+        hit = self.cache.get(req, self._producers(req, decision), now=now())
         if hit is not None:
             (model, runtime), cached = hit
+            self._refine(req, decision, model, runtime)
             self._ledger(req, "cache", model, "cache", True, 0.0, 0.0, 0.0, 0.0)
             # A hot question answered again counts toward a compiled pattern, cached or not.
-            hub.rules.observe(req, cached.get("output"))
+            self.rules.observe(req, cached.get("output"), now=now())
             return InferOutcome(req.id, req.task, True, cached.get("output"), {"device": "cache",
                                 "model": model, "layer": "cache"}, cached.get("confidence"),
                                 cached=True, reasons=reasons + [f"answered from the cache ({model}, {runtime})"],
                                 deferred_s=deferred_s)
-        if req.mode == "consensus":
-            out = await self._consensus(req, decision, reasons)
-        else:
-            out = await self._chain(req, decision, emit, reasons)
+        while True:
+            if req.mode == "consensus":
+                out = await self._consensus(req, decision, reasons)
+            else:
+                out = await self._chain(req, decision, emit, reasons)
+            retry_s = (out.error or {}).get("retry_after_s")
+            if retry_s is None or req.deadline is None or now() + retry_s >= req.deadline:
+                break
+            # Deferrable work that found every slot taken (a batch let go at its window's start)
+            # waits its turn while its deadline allows, instead of failing `overloaded`.
+            deferred_s += await self._wait_until(req, now() + retry_s, reply)
+            decision = route(req, self.fleet(), self.router, self.stats.snapshot())
+            if decision.chosen is None:
+                break
+            reasons = list(decision.reasons) + [f"waited {deferred_s:.0f} s in all for a free slot"]
         out.deferred_s = deferred_s
         # A simulated answer (no model ran) is neither kept nor compiled into a rule.
         if out.ok and out.served_by is not None and not out.simulated:
-            hub.cache.put(req, (out.served_by["model"], out.runtime),
-                          {"output": out.output, "confidence": out.confidence})
-            proposed = hub.rules.observe(req, out.output)
+            self.cache.put(req, (out.served_by["model"], out.runtime),
+                           {"output": out.output, "confidence": out.confidence}, now=now())
+            proposed = self.rules.observe(req, out.output, now=now())
             if proposed is not None:
                 log.info("compiled pattern proposed: %s", proposed.id)
         return out
 
+    def _producers(self, req: InferRequest, decision: RouteDecision) -> list[tuple[str, str]]:
+        """Whose kept answers may be served, the best first: the chain's models (the router
+        accepts them for this request now), and any better model of the fleet that the policy
+        only held back from running (a kept answer costs nothing to serve); each announced with
+        that runtime by an online device, so a model gone from the fleet finds none of its old
+        answers."""
+        best = max((c.quality for c in decision.chain), default=1.0)
+        better = [(e.quality, e.model.name, e.model.runtime) for e in self.fleet().by_task.get(req.task, ())
+                  if e.quality > best and not (req.local_only and e.cloud)]
+        ranked = sorted([(-q, i, (m, r)) for i, (q, m, r) in enumerate(better)]
+                        + [(-c.quality, len(better) + i, (c.model, c.runtime)) for i, c in enumerate(decision.chain)])
+        return list(dict.fromkeys(p for _, _, p in ranked))
+
+    def _refine(self, req: InferRequest, decision: RouteDecision, model: str, runtime: str) -> None:
+        """A question asked again, answered from the cache by a model below a better one of the
+        fleet: ask for a better answer in the background (CacheConfig.refine). The router picks
+        who gives it, with the request's floor raised above the kept answer's quality."""
+        cfg = self.cache.cfg
+        had = max((c.quality for c in decision.chain if (c.model, c.runtime) == (model, runtime)), default=1.0)
+        better = [e for e in self.fleet().by_task.get(req.task, ())
+                  if e.quality > had + 0.005 and not (req.local_only and e.cloud)]
+        key = (req.task, normalise(req))
+        if not cfg.refine or not better or key in self._refining or req.mode != "single":
+            return
+        ask = req.model_copy(update={
+            "id": f"{req.id}-refine", "quality_floor": min(1.0, had + 0.01), "stream": False, "timeout_ms": None,
+            "budget_ms": min(MAX_BUDGET_MS, max(req.budget_ms, *(e.p95 for e in better))),
+            "deadline": self.clock.time() + cfg.refine_within_s})
+        self._refining.add(key)
+        task = asyncio.create_task(self._run_refine(ask, key), name=f"refine {req.task}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_refine(self, ask: InferRequest, key: tuple[str, str]) -> None:
+        try:
+            out = await self.infer(ask)
+            log.info("refined a cached %s answer: %s", ask.task, out.served_by if out.ok else out.error)
+        except RequestError as exc:  # the requester left the fleet meanwhile, say
+            log.info("did not refine a cached %s answer: %s", ask.task, exc.message)
+        finally:
+            self._refining.discard(key)
+
+    async def aclose(self) -> None:
+        """Stop what runs in the background (refinements); deferred requests are the callers'."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
     async def _wait_until(self, req: InferRequest, run_at: float, reply: ReplyRoute | None) -> float:
-        await asyncio.to_thread(self.store.add, req, run_at, reply)
-        self._written.add(req.id)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.add, req, run_at, reply)
+            self._written.add(req.id)
         self.deferred[req.id] = run_at
-        began = time.time()
+        began = self.clock.time()
         try:
             await asyncio.sleep(max(0.0, run_at - began))
         finally:
             self.deferred.pop(req.id, None)
-        return time.time() - began
+        return self.clock.time() - began
 
     def _slots(self, cand: Candidate) -> Slots:
         slots = self.slots.get((cand.device_id, cand.model))
         if slots is None:
-            slots = self.slots[(cand.device_id, cand.model)] = Slots(cand.concurrency)
+            slots = self.slots[(cand.device_id, cand.model)] = Slots(cand.concurrency, self.clock)
         elif slots.capacity != cand.concurrency:
             slots.resize(cand.concurrency)
         return slots
 
     async def _take(self, cands: list[Candidate], until: float) -> tuple[Candidate, Slots] | None:
-        """A free slot on the first candidate in the chain's order that has one; otherwise a
-        place in the queue expected to finish first, if that fits before ``until`` (the request's
-        budget, monotonic). None when no candidate can take it in time: overloaded."""
+        """The best-ranked candidate that can finish before ``until`` (the request's budget,
+        monotonic): at once on a free slot, or after a wait in its queue. A free slot further
+        down the chain does not jump the ranking: waiting a second for the GPU box within the
+        budget beats paying a cloud model now. None when no candidate can take it in time:
+        overloaded."""
         while True:
-            best: tuple[float, Candidate, Slots] | None = None
             for cand in cands:
                 slots = self._slots(cand)
                 if slots.try_acquire():
                     return cand, slots
                 if slots.paused or slots.waiting >= slots.capacity * self.cfg.queue_per_slot:
                     continue
-                finish = time.monotonic() + (slots.wait_ms(cand.p50_ms) + cand.p50_ms) / 1000
-                if finish <= until and (best is None or finish < best[0]):
-                    best = (finish, cand, slots)
-            if best is None:
+                # The calls ahead at their median, this one at its p95: it must fit the budget.
+                finish = self.clock.monotonic() + (slots.wait_ms(cand.p50_ms) + cand.p95_ms) / 1000
+                if finish <= until:
+                    break
+            else:
                 return None
-            _, cand, slots = best
-            if await slots.acquire(until - time.monotonic() - cand.p50_ms / 1000):
+            if await slots.acquire(until - self.clock.monotonic() - cand.p95_ms / 1000):
                 return cand, slots
 
     def _overloaded(self, req: InferRequest, cands: tuple[Candidate, ...] | list[Candidate]) -> dict[str, Any]:
         """The error of a request no candidate could take, with when a slot should be free."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         waits = [max(s.paused_until - now, s.wait_ms(c.p50_ms) / 1000) for c in cands for s in (self._slots(c),)]
         retry = float(max(1, math.ceil(min(waits, default=1.0))))
         self.counts["overloaded"] += 1
@@ -388,7 +393,7 @@ class Dispatcher:
             assert emit is not None
             await emit(chunk)
 
-        until = time.monotonic() + req.budget_ms / 1000
+        until = self.clock.monotonic() + req.budget_ms / 1000
         left = list(decision.chain)
         tries = 0
         overloaded = False
@@ -409,7 +414,7 @@ class Dispatcher:
             if overloaded:
                 # Full (another hub's calls, an upstream's rate limit): not a failure, go on.
                 if err is not None and err.retry_after_s:
-                    slots.paused_until = time.monotonic() + err.retry_after_s
+                    slots.paused_until = self.clock.monotonic() + err.retry_after_s
                 out.reasons.append(f"{cand.device_id}/{cand.model} refused: {attempt.error}: trying the next")
                 continue
             if code in CALLER_ERRORS:
@@ -443,16 +448,15 @@ class Dispatcher:
 
     async def _attempt(self, req: InferRequest, cand: Candidate, emit: OnChunk | None
                        ) -> tuple[dict[str, Any] | None, Attempt, RpcErrorBody | None]:
-        hub = self.hub
         timeout_s = max(self.cfg.min_attempt_ms, cand.p95_ms * self.cfg.attempt_timeout_factor) / 1000
         params: dict[str, Any] = {"task": req.task, "model": cand.model, "options": req.options,
                                   "stream": emit is not None, "timeout_ms": timeout_s * 1000}
         for key in ("text", "data", "ref"):
             if getattr(req, key) is not None:
                 params[key] = getattr(req, key)
-        t0 = time.perf_counter()
-        resp = await hub.rpc.call(cand.device_id, "infer", params, timeout_s + 0.02, request_id=req.id, on_chunk=emit)
-        ms = (time.perf_counter() - t0) * 1000
+        t0 = self.clock.monotonic()
+        resp = await self.rpc.call(cand.device_id, "infer", params, timeout_s + 0.02, request_id=req.id, on_chunk=emit)
+        ms = (self.clock.monotonic() - t0) * 1000
         ok = resp.ok and resp.result is not None
         err = None if ok else resp.error or RpcErrorBody(code="internal", message="no result")
         error = f"{err.code}: {err.message}" if err is not None else ""
@@ -461,7 +465,7 @@ class Dispatcher:
             # Refused before any work: a full device or an invalid request is not its failure.
             return None, Attempt(cand.device_id, cand.model, cand.tier.value, False, ms, error), err
         conf = answer.get("confidence") if answer else None
-        hub.stats.record(Outcome(req.id, cand.device_id, cand.model, req.task, cand.tier.value, ok, ms, time.time(),
+        self.stats.record(Outcome(req.id, cand.device_id, cand.model, req.task, cand.tier.value, ok, ms, self.clock.time(),
                                  error, conf))
         joules = _joules(cand, answer) if answer else 0.0
         self._ledger(req, cand.device_id, cand.model, cand.tier.value, ok, ms, joules, _gco2(cand, joules),
@@ -476,8 +480,8 @@ class Dispatcher:
 
     def _ledger(self, req: TaskRequest, device: str, model: str, layer: str, ok: bool, ms: float, joules: float,
                 gco2: float, cost: float) -> None:
-        cloud_cost, cloud_g = cloud_counterfactual(req, self.hub.config.router)
-        self.hub.ledger.add(LedgerEntry(req.id, time.time(), req.task, device, model, layer, ok, ms, joules, gco2,
+        cloud_cost, cloud_g = cloud_counterfactual(req, self.router)
+        self.ledger.add(LedgerEntry(req.id, self.clock.time(), req.task, device, model, layer, ok, ms, joules, gco2,
                                         cost, cloud_cost, cloud_g))
 
     async def _judge(self, req: InferRequest, decision: RouteDecision,
@@ -491,7 +495,7 @@ class Dispatcher:
                   f"Which answer is best? Reply with its number only.")
         ask = req.model_copy(update={"task": "classify", "text": prompt, "stream": False, "data": None, "ref": None,
                                      "options": {"max_tokens": 4}})
-        verdict, attempt, _ = await self._slotted(ask, judge, time.monotonic() + req.budget_ms / 1000)
+        verdict, attempt, _ = await self._slotted(ask, judge, self.clock.monotonic() + req.budget_ms / 1000)
         out.attempts.append(attempt)
         if verdict is not None:
             self._account(out, judge, verdict)
@@ -505,7 +509,7 @@ class Dispatcher:
     async def _consensus(self, req: InferRequest, decision: RouteDecision, reasons: list[str]) -> InferOutcome:
         plan = plan_consensus(req, decision, self.cfg.consensus_k)
         reasons = reasons + [plan.reason]
-        until = time.monotonic() + req.budget_ms / 1000
+        until = self.clock.monotonic() + req.budget_ms / 1000
         results = await asyncio.gather(*(self._slotted(req, c, until) for c in plan.members))
         out = InferOutcome(req.id, req.task, False, reasons=reasons, attempts=[a for _, a, _ in results])
         answers = [(c, ans) for c, (ans, _, _) in zip(plan.members, results) if ans is not None]

@@ -20,21 +20,38 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import __version__
-from .config import HomeAssistantConfig
+from .config import HomeAssistantConfig, HubConfig
 from .plugin_api import PluginEvent
-from .registry import DeviceChanged, DeviceRecord, DeviceRemoved
-from .router.ledger import PERIODS
+from .registry import DeviceChanged, DeviceRecord, DeviceRegistry, DeviceRemoved
+from .router.ledger import PERIODS, Ledger
 
 if TYPE_CHECKING:
-    from .runtime import Hub
+    from .bus import EventBus
+    from .energy.model import EnergySnapshot
+    from .mqtt import MqttLink
+    from .pairing import Pairing
+    from .topics import Topics
 
 log = logging.getLogger(__name__)
 
 ORIGIN = {"name": "sovereign-hub", "sw": __version__}
 _KEEP = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+class HomeAssistantHub(Protocol):
+    """What :class:`HomeAssistantDiscovery` uses of the hub (hub/runtime.py's ``Hub`` is one)."""
+
+    config: HubConfig
+    topics: Topics
+    bus: EventBus
+    mqtt: MqttLink | None
+    registry: DeviceRegistry
+    pairing: Pairing
+    ledger: Ledger
+    last_energy_snapshot: EnergySnapshot | None
 
 
 def escape_id(value: str) -> str:
@@ -73,7 +90,7 @@ def _num(value: float | None, digits: int) -> float | None:
 
 
 class HomeAssistantDiscovery:
-    def __init__(self, hub: "Hub", cfg: HomeAssistantConfig) -> None:
+    def __init__(self, hub: HomeAssistantHub, cfg: HomeAssistantConfig) -> None:
         self.hub = hub
         self.cfg = cfg
         self.status_topic = f"{cfg.prefix}/status"

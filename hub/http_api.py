@@ -11,29 +11,71 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from . import __version__
 from pydantic import ValidationError
 
-from .auth import Refusal, SameOrigin
+from .auth import Guard, Refusal, SameOrigin
 from .capability import KNOWN_TASKS, is_valid_device_id
 from .config import format_validation_error
-from .dispatch import InferOutcome, InferRequest, RequestError
+from .router.request import InferOutcome, InferRequest, RequestError
 from .energy.forecast import NoWindow, best_window, covered_until, fit_defaults, mean_over, no_window_hint
-from .pairing_api import add_pairing_routes
-from .router.model import Candidate, RouteDecision, TaskRequest
+from .pairing_api import PairingHub, add_pairing_routes
+from .router.model import Candidate, FleetSnapshot, RouteDecision, TaskRequest
 from .router.route import counterfactual_document, route, rule_decision
 from .rpc import CALLER_ERRORS
 
 if TYPE_CHECKING:
-    from .runtime import Hub
+    from .dispatch import Dispatcher
+    from .deferred import DeferredStore
+    from .energy.model import EnergySnapshot
+    from .energy.store import EnergyStore
+    from .history import SqliteHistory
+    from .influx import InfluxWriter
+    from .live import LiveFeed
+    from .mqtt import MqttLink
+    from .plugins import PluginManager
+    from .router.cache import ResultCache
+    from .router.ledger import Ledger
+    from .router.rules import RuleBook
+    from .router.stats import StatsStore
+    from .state import StateStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger(__name__)
+
+
+class ApiHub(PairingHub, Protocol):
+    """What the HTTP API uses of the hub, the pairing routes' needs included (hub/runtime.py's
+    ``Hub`` is one)."""
+
+    guard: Guard
+    state: StateStore
+    mqtt: MqttLink | None
+    energy: EnergyStore
+    history: SqliteHistory
+    influx: InfluxWriter | None
+    dispatcher: Dispatcher
+    deferred_store: DeferredStore
+    stats: StatsStore
+    rules: RuleBook
+    cache: ResultCache
+    ledger: Ledger
+    live: LiveFeed
+    plugins: PluginManager | None
+    plugin_routes: list[tuple[str, str, Any]]
+    security_warnings: list[str]
+    started_monotonic: float
+
+    def fleet(self) -> FleetSnapshot: ...
+
+    def energy_snapshot(self) -> EnergySnapshot: ...
+
+    async def forget_device(self, device_id: str, reason: str) -> bool: ...
 
 
 def _path_safe(value: str) -> bool:
@@ -69,7 +111,7 @@ def error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-def make_app(hub: "Hub") -> web.Application:
+def make_app(hub: ApiHub) -> web.Application:
     guard = hub.guard
     http = hub.config.http
     same_origin = SameOrigin(http.allowed_hosts, http.allowed_origins, http.host)
@@ -252,10 +294,10 @@ def make_app(hub: "Hub") -> web.Application:
         return web.json_response(report)
 
     async def deferred(request: web.Request) -> web.Response:
-        return web.json_response({"deferred": await asyncio.to_thread(hub.dispatcher.store.list)})
+        return web.json_response({"deferred": await asyncio.to_thread(hub.deferred_store.list)})
 
     async def deferred_one(request: web.Request) -> web.Response:
-        doc = await asyncio.to_thread(hub.dispatcher.store.get, request.match_info["id"])
+        doc = await asyncio.to_thread(hub.deferred_store.get, request.match_info["id"])
         if doc is None:
             return error(404, "unknown_request", f"no deferred request with id {request.match_info['id']!r} "
                                                  "(never deferred, or finished more than a day ago)")
@@ -380,7 +422,7 @@ def decision_document(d: RouteDecision) -> dict[str, Any]:
             "reasons": list(d.reasons)}
 
 
-def health_document(hub: "Hub") -> dict[str, Any]:
+def health_document(hub: ApiHub) -> dict[str, Any]:
     recs = hub.registry.all()
     counters = {"rejected_messages": 0, "ignored_messages": 0, "mqtt_messages": 0, "discovery_errors": 0,
                 "rejected_readings": 0}

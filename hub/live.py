@@ -12,19 +12,32 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSMsgType, web
 
 from .plugin_api import PluginEvent
-from .registry import DeviceChanged, DeviceRemoved
+from .registry import DeviceChanged, DeviceRegistry, DeviceRemoved
 
 if TYPE_CHECKING:
-    from .runtime import Hub
+    from .bus import EventBus
+    from .config import HubConfig
+    from .energy.model import EnergySnapshot
 
 log = logging.getLogger(__name__)
 
 QUEUE = 1000
+
+
+class LiveHub(Protocol):
+    """What :class:`LiveFeed` uses of the hub (hub/runtime.py's ``Hub`` is one)."""
+
+    config: HubConfig
+    bus: EventBus
+    registry: DeviceRegistry
+    last_energy_snapshot: EnergySnapshot | None
+
+    def energy_snapshot(self) -> EnergySnapshot: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +53,7 @@ class EnergyPublished:
 
 
 class LiveFeed:
-    def __init__(self, hub: "Hub") -> None:
+    def __init__(self, hub: LiveHub) -> None:
         self.hub = hub
         self.clients: set[asyncio.Queue[str]] = set()
         self.dropped = 0

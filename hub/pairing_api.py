@@ -8,21 +8,36 @@ an admin write or read behind the usual token rules.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .capability import is_valid_device_id
-from .config import format_validation_error, is_loopback
+from .config import HubConfig, format_validation_error, is_loopback
 from .ratelimit import FailureWindow
-from .trust import Role, TrustError
+from .trust import Role, TrustError, TrustStore
 
 if TYPE_CHECKING:
-    from .runtime import Hub
+    from .broker import EmbeddedBroker
+    from .pairing import Pairing
+    from .registry import DeviceRegistry
+    from .rejects import Rejections
+    from .topics import Topics
 
-#: The public write: (method, path). hub/auth.py lets it through without a token.
-PUBLIC_WRITES = frozenset({("POST", "/api/pair")})
+class PairingHub(Protocol):
+    """What the pairing routes use of the hub (hub/runtime.py's ``Hub`` is one)."""
+
+    config: HubConfig
+    topics: Topics
+    registry: DeviceRegistry
+    rejections: Rejections
+    trust: TrustStore
+    pairing: Pairing
+    embedded_broker: EmbeddedBroker | None
+    broker_url: str
+
+    async def unpair(self, device_id: str) -> bool: ...
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -58,7 +73,7 @@ async def _body(request: web.Request, model: type[_Body]) -> Any:
         raise web.HTTPBadRequest(text=format_validation_error(exc).replace("\n", "; ")) from None
 
 
-def broker_url_for(hub: "Hub", request: web.Request) -> str:
+def broker_url_for(hub: PairingHub, request: web.Request) -> str:
     """The broker address a pairing device should use: the name it reached this API by, when
     the broker listens beyond loopback; otherwise the broker's own address."""
     broker = hub.embedded_broker
@@ -70,7 +85,7 @@ def broker_url_for(hub: "Hub", request: web.Request) -> str:
     return f"{broker.url.scheme}://{host}:{broker.port}"
 
 
-def add_pairing_routes(app: web.Application, hub: "Hub") -> None:
+def add_pairing_routes(app: web.Application, hub: PairingHub) -> None:
     failures = FailureWindow(hub.config.pairing.max_failures_per_minute)
 
     async def new_code(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ many chunks there were, so that a receiver knows it has them all.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,6 +18,9 @@ from .capability import PROTOCOL_VERSION, check_task_input, input_error, input_p
 METHODS = ("health", "echo", "infer", "cancel")
 #: Longest a single call may be given, on the wire (an hour: batch transcription on a laptop).
 MAX_TIMEOUT_MS = 3_600_000
+
+#: Called with each piece of a streamed answer, in order.
+OnChunk = Callable[[str], Awaitable[None]]
 
 #: Refusals that are the caller's error, with their HTTP status: the request itself is invalid,
 #: so it is not the device's failure (no cooldown) and not escalated (the next device would

@@ -12,19 +12,16 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from .mqtt import Message, MqttLink, publish_properties
-from .rpc import RpcChunk, RpcErrorBody, RpcRequest, RpcResponse
+from .rpc import OnChunk, RpcChunk, RpcErrorBody, RpcRequest, RpcResponse
 from .topics import Topics
 
 log = logging.getLogger(__name__)
-
-OnChunk = Callable[[str], Awaitable[None]]
 
 
 @dataclass

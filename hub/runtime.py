@@ -20,7 +20,7 @@ from aiohttp import web
 from .broker import BrokerAuth, EmbeddedBroker
 from .commands import Commands
 from .deferred import DeferredStore
-from .dispatch import Dispatcher, InferRequest
+from .dispatch import Dispatcher
 from .rpc_client import RpcClient
 from .bus import EventBus
 from .children import PIDFILE as CHILDREN_FILE, Children, current as current_children
@@ -28,18 +28,19 @@ from .config import HubConfig
 from .discovery.mqtt import MqttDiscovery
 from .discovery.zeroconf import ZeroconfDiscovery
 from .energy.model import EnergyMode, EnergySnapshot
-from .energy.snapshot import DeviceEnergyView, compute_snapshot
+from .energy.snapshot import compute_snapshot
 from .energy.store import EnergyInputsChanged, EnergyReading, EnergyStore
 from .history import SqliteHistory
 from .lock import DataDirLock
 from .signals import enter_unless_stopped, stop_on_signals
 from .auth import AdminToken, Guard
 from .homeassistant import HomeAssistantDiscovery
-from .live import EnergyPublished, LiveFeed
-from .router.fleet import fleet_snapshot
+from .live import EnergyPublished, LiveFeed, TaskCompleted
+from .router.fleet import FleetView, device_energy_views, fleet_snapshot
 from .router.model import FleetSnapshot
 from .router.cache import ResultCache
 from .router.ledger import Ledger
+from .router.request import InferOutcome, InferRequest
 from .router.rules import RuleBook
 from .router.stats import StatsStore
 from .http_api import make_app
@@ -82,9 +83,6 @@ class Hub:
         self._listening_since = 0.0
         self._energy_changed = asyncio.Event()
         self.last_energy_snapshot: EnergySnapshot | None = None
-        self._fleet: FleetSnapshot | None = None
-        self._fleet_built = 0.0
-        self._fleet_dirty = True
         self._gc_threshold: tuple[int, int, int] | None = None
         #: (filter, handler, has a wildcard): most filters are exact topics, compared as strings.
         self._plugin_subscriptions: list[tuple[str, Any, bool]] = []
@@ -169,10 +167,18 @@ class Hub:
             password=password, tls=tls, keepalive_s=cfg.mqtt.keepalive_s,
             birth=Birth(self.topics.hub_status), subscriptions=[(f, DISCOVERY_QOS) for f in self.topics.discovery_filters],
         )
-        self.dispatcher = Dispatcher(self, cfg.dispatch, DeferredStore(self.data_dir / "deferred.sqlite3"))
-        self._stack.callback(self.dispatcher.store.close)
-        self.commands = Commands(self)
         self.rpc = RpcClient(self.topics, cfg.hub_id)
+        self.fleet = FleetView(lambda: fleet_snapshot(self.registry.all(), self.energy_snapshot(),
+                                                      self.pairing.is_trusted), time.monotonic)
+        self.deferred_store = deferred = DeferredStore(self.data_dir / "deferred.sqlite3")
+        self._stack.callback(deferred.close)
+        self.dispatcher = Dispatcher(
+            cfg.dispatch, cfg.router, fleet=self.fleet, energy=self.energy_snapshot, stats=self.stats,
+            cache=self.cache, rules=self.rules, ledger=self.ledger, rpc=self.rpc, store=deferred,
+            known_device=lambda device_id: self.registry.get(device_id) is not None,
+            on_outcome=self._task_finished, hub_id=cfg.hub_id, thresholds=cfg.energy.thresholds)
+        self._stack.push_async_callback(self.dispatcher.aclose)
+        self.commands = Commands(self)
         opts.subscriptions += [(self.commands.subscription, 1), (self.rpc.reply_topic, 1)]
         self.homeassistant = HomeAssistantDiscovery(self, cfg.homeassistant) if cfg.homeassistant.enabled else None
         if self.homeassistant is not None:
@@ -190,7 +196,7 @@ class Hub:
         self.bus.subscribe(DeviceChanged, self._device_liveness)
         self.bus.subscribe(DeviceRemoved, self._clear_retained)
         for event in (DeviceChanged, DeviceRemoved, EnergyInputsChanged):
-            self.bus.subscribe(event, self._mark_fleet_dirty)
+            self.bus.subscribe(event, self.fleet.changed)
 
         if cfg.zeroconf.enabled:
             await self._stack.enter_async_context(ZeroconfDiscovery(cfg.zeroconf, self.registry, self.rejections))
@@ -271,7 +277,7 @@ class Hub:
         return revoked or forgotten
 
     def _trust_changed(self, device_id: str | None) -> None:
-        self._fleet = None  # a paired or unpaired device enters or leaves the router's view now
+        self.fleet.refresh()  # a paired or unpaired device enters or leaves the router's view now
         rec = self.registry.get(device_id) if device_id else None
         if rec is not None:  # pending → paired: the dashboard and Home Assistant show it at once
             self.bus.publish(DeviceChanged(rec.id, online=rec.online))
@@ -319,6 +325,16 @@ class Hub:
             return (await self.dispatcher.infer(req)).to_dict()
 
         return PluginServices(self.topics.root, publish, subscribe, add_route, self.record, infer)
+
+    def _task_finished(self, out: InferOutcome) -> None:
+        """To the live feed, and the figures Grafana charts into the history."""
+        if self.live.clients:
+            self.bus.publish(TaskCompleted(out.to_dict()))
+        layer = (out.served_by or {}).get("layer", "failed")
+        now = time.time()
+        for figure, value in (("latency_ms", out.latency_ms), ("cost", out.cost), ("gco2", out.gco2),
+                              ("joules", out.joules)):
+            self.record(f"route.{layer}.{figure}", now, value)
 
     def _device_liveness(self, event: DeviceChanged) -> None:
         if event.online_changed and not event.online:
@@ -375,35 +391,14 @@ class Hub:
         if self.influx is not None:
             self.influx.add(metric, ts, value)
 
-    def device_energy_views(self) -> list[DeviceEnergyView]:
-        views = []
-        for rec in self.registry.all():
-            if not rec.online:
-                continue
-            power, report = rec.capability.power, rec.energy
-            views.append(DeviceEnergyView(
-                device_id=rec.id,
-                source=(report.source if report else power.source).value,
-                battery_pct=report.battery_pct if report else power.battery_pct,
-                charging=report.charging if report else power.charging,
-                active_w=power.active_w, report_at=rec.energy_at))
-        return views
-
-    def fleet(self) -> FleetSnapshot:
-        """The router's view of the fleet, rebuilt at most once a second and only after a device
-        or energy change (building it indexes every model by task: ~8 ms for 1,000 devices)."""
-        now = time.monotonic()
-        if self._fleet is None or (self._fleet_dirty and now - self._fleet_built >= 1.0):
-            self._fleet = fleet_snapshot(self.registry.all(), self.energy_snapshot(), self.pairing.is_trusted)
-            self._fleet_built, self._fleet_dirty = now, False
-        return self._fleet
-
-    def _mark_fleet_dirty(self, _event: object) -> None:
-        self._fleet_dirty = True
+    def refresh_fleet(self) -> FleetSnapshot:
+        """The router's view rebuilt now, not within the second: for a caller that has just
+        changed a device and must route on the change (tests, `devices reset`)."""
+        return self.fleet.refresh()
 
     def energy_snapshot(self, now: float | None = None) -> EnergySnapshot:
         return compute_snapshot(time.time() if now is None else now, self.energy.inputs, self.energy.forecasts,
-                                self.device_energy_views(), self.config.energy.thresholds)
+                                device_energy_views(self.registry.all()), self.config.energy.thresholds)
 
     async def _publish_energy(self) -> None:
         """Publish the snapshot (retained) when an input changes, at most every

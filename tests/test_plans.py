@@ -49,3 +49,30 @@ def test_consensus_plan() -> None:
     text = plan_consensus(TaskRequest(task="summarize", text="notes"),
                           route(TaskRequest(task="summarize", text="notes", budget_ms=10_000), HOME, CFG))
     assert text.aggregate == "judge" and 1 <= len(text.members) <= 3
+
+
+def _with_pv(snap: EnergySnapshot, pv: list[float]) -> EnergySnapshot:
+    from hub.energy.model import ForecastOut
+    return snap.model_copy(update={"pv_forecast": [ForecastOut(start=NOW + i * 1800, end=NOW + (i + 1) * 1800, value=v)
+                                                   for i, v in enumerate(pv)]})
+
+
+def test_deferral_counts_the_sites_own_pv_as_clean() -> None:
+    """A grid at 200 g all day, but the panels will cover the job from 10:00: that is the window."""
+    req = TaskRequest(task="summarize", text="the week's notes", deadline=NOW + 6 * 3600, budget_ms=60_000)
+    d = route(req, HOME, CFG)
+    flat = energy(200, [200] * 12)
+    assert plan_deferral(req, d, flat).run_at == NOW, "no PV forecast: nothing to wait for"
+    plan = plan_deferral(req, d, _with_pv(flat, [0, 0, 0, 0, 0, 3000, 3000, 3000, 0, 0, 0, 0]))
+    assert plan.run_at == NOW + 5 * 1800 and plan.expected_g_per_kwh == 0 and "own PV" in plan.reason
+
+
+def test_seed_rules_batch_deferrable_work_at_the_next_solar_peak() -> None:
+    req = TaskRequest(task="summarize", text="notes", deadline=NOW + 6 * 3600, budget_ms=60_000)
+    d = route(req, HOME, CFG.model_copy(update={"policy": "seed-rules"}))
+    peak = _with_pv(energy(50, [50] * 12), [0, 0, 0, 1000, 2500, 2500, 0, 0, 0, 0, 0, 0])
+    plan = plan_deferral(req, d, peak)
+    # The cleanest grid is now (50 g), but the rule table waits for a 1.5 kW surplus (2,500 - 500 W load).
+    assert plan.run_at == NOW + 4 * 1800 and "solar peak" in plan.reason
+    none = plan_deferral(req, d, _with_pv(energy(50, [50] * 12), [0] * 12))
+    assert none.run_at == NOW and "no solar peak" in none.reason

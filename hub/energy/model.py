@@ -136,6 +136,9 @@ class EnergySnapshot(BaseModel):
     mode_reasons: list[str]
     carbon_g_per_kwh: float | None
     carbon_forecast: list[ForecastOut]
+    #: The site's PV production ahead (W), when a source forecasts it: deferral counts the hours
+    #: the panels will cover as clean.
+    pv_forecast: list[ForecastOut] = []
     price_per_kwh: float | None
     price_forecast: list[ForecastOut]
     export_price_per_kwh: float | None

@@ -103,9 +103,10 @@ def compute_snapshot(
     device_out: dict[str, DevicePower] = {}
     for d in devices:
         on_battery = d.source == "battery" and not d.charging
-        if d.source == "solar":
-            g, p = t.pv_g_per_kwh, 0.0
-        else:
+        pv = values.get("pv_w")
+        if d.source == "solar" and pv is not None and pv > 0:
+            g, p = t.pv_g_per_kwh, 0.0  # its own panel while the sun shines (the site's PV says when)
+        else:  # a solar device at night, or with no PV reading, draws from its store or the grid
             # Share of this device's draw that the surplus covers.
             cover = 0.0
             if surplus:
@@ -137,7 +138,7 @@ def compute_snapshot(
 
     return EnergySnapshot(
         now=now, mode=mode, mode_reasons=reasons,
-        carbon_g_per_kwh=carbon, carbon_forecast=fc("carbon_g_per_kwh"),
+        carbon_g_per_kwh=carbon, carbon_forecast=fc("carbon_g_per_kwh"), pv_forecast=fc("pv_w"),
         price_per_kwh=price, price_forecast=fc("price_per_kwh"), export_price_per_kwh=export_price,
         pv_w=values.get("pv_w"), load_w=values.get("load_w"), grid_w=values.get("grid_w"),
         battery_soc_pct=values.get("battery_soc_pct"), solar_surplus_w=surplus,

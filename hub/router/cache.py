@@ -39,6 +39,12 @@ class CacheConfig(BaseModel):
     #: Never cached: every answer is meant to differ (drafts), or must be thought anew.
     non_deterministic: list[str] = Field(default_factory=lambda: ["draft", "reason", "echo"])
     max_entries: int = Field(default=100_000, ge=100)
+    #: A question asked again and answered from the cache by a model the router ranks below a
+    #: better one it accepts (the tiny intent model, when the cloud's is better): ask the better
+    #: one in the background, as deferrable work due within ``refine_within_s``, and answer the
+    #: next asking with its answer. Hot questions end up answered well for the price of one call.
+    refine: bool = True
+    refine_within_s: float = Field(default=900, gt=0, le=86400)
 
 
 _SPACE = re.compile(r"\s+")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..energy.model import EnergySnapshot
+from ..energy.snapshot import DeviceEnergyView
 from ..registry import HINT_SOURCES, DeviceRecord
 from .model import DeviceView, FleetSnapshot
 
@@ -37,3 +38,48 @@ def fleet_snapshot(records: list[DeviceRecord], energy: EnergySnapshot,
             marginal_price_per_kwh=power.marginal_price_per_kwh if power else energy.site_marginal_price_per_kwh,
         ))
     return FleetSnapshot(now=energy.now, devices=tuple(views))
+
+
+def device_energy_views(records: Iterable[DeviceRecord]) -> list[DeviceEnergyView]:
+    """What the energy snapshot needs of each online device: its latest energy report, or what
+    it announced."""
+    views = []
+    for rec in records:
+        if not rec.online:
+            continue
+        power, report = rec.capability.power, rec.energy
+        views.append(DeviceEnergyView(
+            device_id=rec.id,
+            source=(report.source if report else power.source).value,
+            battery_pct=report.battery_pct if report else power.battery_pct,
+            charging=report.charging if report else power.charging,
+            active_w=power.active_w, report_at=rec.energy_at))
+    return views
+
+
+class FleetView:
+    """The router's view of the fleet, rebuilt at most once a second (``monotonic``) and only
+    after a device or energy change: building it indexes every model by task, ~8 ms for 1,000
+    devices. The hub and the simulator both route on one."""
+
+    def __init__(self, build: Callable[[], FleetSnapshot], monotonic: Callable[[], float]) -> None:
+        self._build, self._monotonic = build, monotonic
+        self._snapshot: FleetSnapshot | None = None
+        self._built = 0.0
+        self._dirty = True
+
+    def __call__(self) -> FleetSnapshot:
+        now = self._monotonic()
+        if self._snapshot is None or (self._dirty and now - self._built >= 1.0):
+            self._snapshot = self._build()
+            self._built, self._dirty = now, False
+        return self._snapshot
+
+    def changed(self, _event: object = None) -> None:
+        """Something the view shows changed: rebuild it within the second."""
+        self._dirty = True
+
+    def refresh(self) -> FleetSnapshot:
+        """Rebuild it now (a device was paired or unpaired; a caller must see a change at once)."""
+        self._snapshot = None
+        return self()
