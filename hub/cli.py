@@ -12,12 +12,12 @@ import socket
 import sys
 import urllib.error
 import urllib.parse
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from . import __version__, cli_pairing, cli_token
+from .cli_api import api_call, columns, open_api
 from .capability import Tier, is_valid_device_id
 from .config import BrokerUrl, ConfigError, TlsConfig, load_config
 
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     sim.add_argument("--policy", action="append", help="only these policies (repeatable)")
     sim.add_argument("--json", action="store_true", help="print the results as JSON")
+    sim.add_argument("--wrap", action="store_true",
+                     help="read the carbon and solar data round when the trace runs past their end")
 
     demo = sub.add_parser("demo", help="hub + simulated fleet, no configuration")
     demo.add_argument("--http-port", type=int, default=8700,
@@ -363,16 +365,6 @@ async def _run_agent(opts: Any) -> int:
     return 0
 
 
-def open_api(method: str, url: str, body: Any = None, timeout: float = 10.0) -> Any:
-    """A request to the hub's API with ``SOVEREIGN_TOKEN`` when set; the caller closes it."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
-    token = os.environ.get("SOVEREIGN_TOKEN")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    return urllib.request.urlopen(req, timeout=timeout)
-
-
 def fetch_json(url: str, timeout: float = 5.0) -> Any:
     with open_api("GET", url, timeout=timeout) as resp:
         return json.load(resp)
@@ -388,24 +380,6 @@ def _api_get(url: str, path: str) -> Any:
     except (urllib.error.URLError, OSError) as exc:
         print(f"error: no hub at {url} ({getattr(exc, 'reason', exc)}); is `sovereign run` or "
               "`sovereign demo` running? (--url or SOVEREIGN_URL)", file=sys.stderr)
-    return None
-
-
-def api_call(method: str, base: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
-    """A request to the running hub at ``base``: its JSON answer, or None after printing why not
-    (the hub's own error, with a hint for the admin token on 401)."""
-    try:
-        with open_api(method, base.rstrip("/") + path, body, timeout=timeout) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        try:
-            err = json.load(exc).get("error", {})
-        except ValueError:
-            err = {}
-        hint = " (set SOVEREIGN_TOKEN to the admin token)" if exc.code == 401 else ""
-        print(f"error ({err.get('code', exc.code)}): {err.get('message', exc.reason)}{hint}", file=sys.stderr)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"error: no hub at {base} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
     return None
 
 
@@ -449,6 +423,7 @@ def format_energy(snap: dict[str, Any]) -> str:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .energy.series import SeriesError
     from .simulate import POLICIES, format_table, simulate
     data = Path(__file__).resolve().parent.parent / "plugins" / "replay" / "data"
     policies = tuple(args.policy) if args.policy else POLICIES
@@ -465,10 +440,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"error: --start: not a time: {args.start!r}", file=sys.stderr)
         return 2
-    result = simulate(args.fleet, args.trace, args.carbon or data / "gb_ci_2020.csv",
-                      args.solar or data / "gb_solar_2020.csv", start, args.seed, policies)
+    try:
+        result = simulate(args.fleet, args.trace, args.carbon or data / "gb_ci_2020.csv",
+                          args.solar or data / "gb_solar_2020.csv", start, args.seed, policies, args.wrap)
+    except SeriesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
-        json.dump({"policies": result["policies"]}, sys.stdout, indent=2)
+        json.dump(result, sys.stdout, indent=2)
         print()
     else:
         print(f"{result['tasks']} tasks from {args.trace}, seed {args.seed}")
@@ -586,7 +565,7 @@ def format_eeg_sessions(doc: dict[str, Any], include_stopped: bool = False) -> s
     rows = [("SESSION", "STATE", "BOARD", "PROTOCOL", "UPDATES", "MEAN SCORE")]
     rows += [(s["session"], s["state"], s["board"], s["protocol"], _num(s.get("updates")),
               _num(s.get("mean_score"), 3)) for s in sessions + stopped]
-    return "\n".join(_columns(rows))
+    return "\n".join(columns(rows))
 
 
 def _cmd_provision(args: argparse.Namespace) -> int:
@@ -712,12 +691,6 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _columns(rows: list[tuple[Any, ...]]) -> list[str]:
-    """Rows as lines of left-aligned columns two spaces apart (the first row is the header)."""
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-
-
 def format_rules(data: dict[str, Any]) -> str:
     rows = [("ID", "STATE", "TASK", "SEEN", "HITS", "INPUT", "ANSWER")]
     for r in data["rules"]:
@@ -725,7 +698,7 @@ def format_rules(data: dict[str, Any]) -> str:
                      json.dumps(r["answer"])[:40]))
     if len(rows) == 1:
         return "(no compiled patterns yet)"
-    return "\n".join(_columns(rows))
+    return "\n".join(columns(rows))
 
 
 def _fixed(value: float, digits: int) -> str:
@@ -773,7 +746,7 @@ def format_deferred(items: list[dict[str, Any]]) -> str:
     rows = [("ID", "TASK", "STATE", "RUNS AT", "DEADLINE", "ANSWER TO")]
     rows += [(d["id"], d["task"], d["state"], _clock(d["run_at"]) if d["state"] == "waiting" else "-",
               _clock(d["deadline"]), d["reply_topic"] or "HTTP (by id)") for d in items]
-    return "\n".join(_columns(rows))
+    return "\n".join(columns(rows))
 
 
 def format_deferred_one(d: dict[str, Any]) -> str:
@@ -799,7 +772,7 @@ def format_device_table(devices: list[dict[str, Any]]) -> str:
             power.get("source", "?"), "-" if battery is None else f"{battery:.0f}%",
             ", ".join(m["name"] for m in cap.get("models", [])) or "-", ",".join(d["sources"]),
         ))
-    lines = _columns(rows)
+    lines = columns(rows)
     if len(rows) == 1:
         lines.append("(no devices yet)")
     if any(d.get("state") == "pending" for d in devices):
