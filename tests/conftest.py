@@ -8,12 +8,14 @@ cannot leak into the next.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,8 +23,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 from aiohttp import web
+from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.broker import free_port, port_in_use
 from hub.config import parse_config
@@ -180,11 +184,15 @@ def spawn_agent() -> Any:
         p.terminate()
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02,
                    what: str = "condition") -> Any:
+    """The predicate's first true value, or AssertionError after ``timeout`` (a failure bound,
+    not a wait: keep it generous). The predicate may be a coroutine function (an HTTP call)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
@@ -208,3 +216,50 @@ def scratch() -> Any:
     d = Path(tempfile.mkdtemp(prefix="sovereign-test-"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+def retained_messages(port: int, topic_filter: str, timeout: float = 30.0) -> dict[str, bytes]:
+    """The retained messages on ``topic_filter`` now, as a new subscriber gets them.
+
+    No quiet period: once subscribed, the client publishes a marker to a topic of its own on the
+    same connection. The broker handles a client's packets in order and sends a subscription's
+    retained messages before it reads the next packet, so when the marker comes back every
+    retained message is in (``timeout`` is only a failure bound)."""
+    got: dict[str, bytes] = {}
+    marker = f"sovereign-test/marker/{uuid.uuid4().hex}"
+    subscribed, marked = threading.Event(), threading.Event()
+
+    def on_message(_c: Any, _u: Any, m: paho.MQTTMessage) -> None:
+        if m.topic == marker:
+            marked.set()
+        elif m.retain:
+            got[m.topic] = m.payload
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"retained-{uuid.uuid4().hex[:8]}", protocol=paho.MQTTv5)
+    c.on_message = on_message
+    c.on_subscribe = lambda *_: subscribed.set()
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        c.subscribe([(topic_filter, 1), (marker, 1)])
+        if not subscribed.wait(timeout):
+            raise AssertionError(f"no SUBACK for {topic_filter} within {timeout} s")
+        c.publish(marker, b"end", qos=1)
+        if not marked.wait(timeout):
+            raise AssertionError(f"the marker after the retained messages of {topic_filter} never came back")
+        return dict(got)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+async def retained_until(port: int, topic_filter: str, predicate: Callable[[dict[str, bytes]], Any],
+                         timeout: float = 30.0, what: str = "retained messages") -> dict[str, bytes]:
+    """Read the retained messages on ``topic_filter`` again until ``predicate`` holds of them
+    (e.g. that the hub has cleared some), off the event loop so that the hub keeps running."""
+    deadline = time.monotonic() + timeout
+    while not predicate(got := await asyncio.to_thread(retained_messages, port, topic_filter)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}: {sorted(got)}")
+        await asyncio.sleep(0.05)
+    return got

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from typing import Any
 
 import aiohttp
 
 from .conftest import wait_for
+from .test_discovery_mqtt import paho_client
 from .test_dispatch import fleet
 
 
@@ -72,16 +74,29 @@ async def test_a_burst_is_queued_or_refused_with_retry_after_and_cools_nothing(
         # A device that is full for another reason (another hub's calls: here a direct call)
         # answers busy: the hub answers overloaded, and learns nothing against the device.
         key = (laptop.device_id, "smollm2-135m", "intent")
-        for _ in range(5):  # the direct call may end before the hub's arrives: then try again
-            learned_before = hub.stats.snapshot().models.get(key)
-            hold = asyncio.create_task(hub.rpc.call(laptop.device_id, "infer", {
-                "task": "draft", "model": "smollm2-135m", "text": "hold the slot", "timeout_ms": 5000}, 6))
-            await wait_for(lambda: hub.rpc._pending, 5, what="the direct call sent")
-            status, out, headers = await post(hub, "/api/infer", {"task": "intent", "text": f"lights {time.time()}",
-                                                                  "budget_ms": 2000})
-            await hold
-            if status == 503:
-                break
+        # The direct call is seen on the device's RPC topic, as the device gets it.
+        sent: list[str] = []
+        subscribed = threading.Event()
+        watcher = paho_client(mosquitto.port)
+        watcher.on_message = lambda _c, _u, m: sent.append(json.loads(m.payload).get("id", ""))
+        watcher.on_subscribe = lambda *_: subscribed.set()
+        watcher.subscribe(f"sovereign/device/{laptop.device_id}/rpc", qos=1)
+        await wait_for(subscribed.is_set, 30, what="the watcher subscribed")
+        try:
+            for i in range(5):  # the direct call may end before the hub's arrives: then try again
+                learned_before = hub.stats.snapshot().models.get(key)
+                hold = asyncio.create_task(hub.rpc.call(laptop.device_id, "infer", {
+                    "task": "draft", "model": "smollm2-135m", "text": "hold the slot", "timeout_ms": 5000}, 6,
+                    request_id=f"hold-{i}"))
+                await wait_for(lambda i=i: any(x.startswith(f"hold-{i}#") for x in sent), 30, what="the direct call sent")
+                status, out, headers = await post(hub, "/api/infer", {"task": "intent", "text": f"lights {time.time()}",
+                                                                      "budget_ms": 2000})
+                await hold
+                if status == 503:
+                    break
+        finally:
+            watcher.loop_stop()
+            watcher.disconnect()
         assert status == 503 and out["error"]["code"] == "overloaded" and int(headers["Retry-After"]) >= 1, out
         assert out["attempts"][0]["error"].startswith("busy"), out
         assert hub.stats.snapshot().models.get(key) is learned_before, "the busy refusal was not learned"
@@ -150,10 +165,7 @@ async def test_real_failures_grow_a_capped_cooldown_and_reset_clears_it(
             return dry["chosen"]["model"] == "rules"
 
         async def wait_routable() -> None:
-            deadline = time.monotonic() + 10
-            while not await rules_routable():
-                assert time.monotonic() < deadline, "the cooldown did not end"
-                await asyncio.sleep(0.05)
+            await wait_for(rules_routable, 30, interval=0.05, what="the end of the cooldown")
 
         lengths = []
         learned = await fail_once(0)

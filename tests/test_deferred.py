@@ -44,7 +44,7 @@ async def test_a_restart_does_not_lose_deferred_requests(mosquitto: Any, make_hu
                       qos=1, properties=v5_props("sovereign/reply/phone/replies", b"corr-7"))
             http_call = asyncio.create_task(post(hub, "/api/infer", {"id": "http-batch", "task": "echo",
                                                                      "text": "index my notes", "deadline": deadline}))
-            await wait_for(lambda: len(hub.dispatcher.deferred) == 2, 10, what="both requests deferred")
+            await wait_for(lambda: len(hub.dispatcher.deferred) == 2, 30, what="both requests deferred")
             status, listing = await _get(hub, "/api/deferred")
             assert status == 200
             assert {(d["id"], d["state"]) for d in listing["deferred"]} == {("mqtt-batch", "waiting"),
@@ -60,7 +60,7 @@ async def test_a_restart_does_not_lose_deferred_requests(mosquitto: Any, make_hu
 
         async with make_hub(mosquitto.url, zeroconf={"enabled": False}, dispatch={"resume_after_s": 0.5}) as hub:
             # No forecast in the new life: nothing cleaner is known before the deadline, so they run now.
-            msg = await get(replies, 20)
+            msg = await get(replies, 60)
             assert msg.properties.CorrelationData == b"corr-7"
             body = json.loads(msg.payload)
             assert body["ok"] and body["id"] == "mqtt-batch" and body["result"]["output"] == "nightly digest"
@@ -69,11 +69,8 @@ async def test_a_restart_does_not_lose_deferred_requests(mosquitto: Any, make_hu
             async def http_outcome() -> Any:
                 status, doc = await _get(hub, "/api/deferred/http-batch")
                 return doc if status == 200 and doc["state"] == "done" else None
-            for _ in range(100):
-                if doc := await http_outcome():
-                    break
-                await asyncio.sleep(0.1)
-            assert doc and doc["outcome"]["ok"] and doc["outcome"]["output"] == "index my notes", doc
+            doc = await wait_for(http_outcome, 60, interval=0.1, what="the HTTP request's outcome")
+            assert doc["outcome"]["ok"] and doc["outcome"]["output"] == "index my notes", doc
             status, doc = await _get(hub, "/api/deferred/mqtt-batch")
             assert status == 200 and doc["state"] == "done" and doc["outcome"]["output"] == "nightly digest"
             status, doc = await _get(hub, "/api/deferred/never-seen")

@@ -20,8 +20,8 @@ from .conftest import wait_for
 async def fleet(hub: Any, spawn_agent: Any, url: str, *agents: tuple[str, tuple[str, ...]]) -> list[Any]:
     procs = [spawn_agent(url, profile, None, "--no-zeroconf", *extra) for profile, extra in agents]
     for p in procs:
-        await wait_for(lambda p=p: (r := hub.registry.get(p.device_id)) and r.online, 20, what=f"{p.device_id} online")
-    hub._fleet_dirty, hub._fleet = True, None  # route on the fleet as it is now
+        await wait_for(lambda p=p: (r := hub.registry.get(p.device_id)) and r.online, 60, what=f"{p.device_id} online")
+    hub.refresh_fleet()  # route on the fleet as it is now
     return procs
 
 
@@ -69,8 +69,10 @@ async def test_escalates_when_the_chosen_agent_is_killed_mid_request(mosquitto: 
         chosen = dry["chosen"]["device"]
         victim = next(p for p in procs if p.device_id == chosen)
         task = asyncio.create_task(post(hub, "/api/infer", body))
-        await wait_for(lambda: hub.dispatcher.counts["requests"] == 1, 5)
-        await asyncio.sleep(0.1)  # the request is on the agent now (its answer takes ≥ 400 ms)
+        # The chosen model's slot is taken: the hub has sent the call and waits for its answer
+        # (taking the slot and sending the call happen in one step of the event loop).
+        slot = (chosen, dry["chosen"]["model"])
+        await wait_for(lambda: (s := hub.dispatcher.slots.get(slot)) and s.active == 1, 30, what="the call sent")
         killed = time.monotonic()
         victim.kill()
         status, out = await task
@@ -78,11 +80,10 @@ async def test_escalates_when_the_chosen_agent_is_killed_mid_request(mosquitto: 
         assert status == 200 and out["ok"], out
         assert out["served_by"]["device"] != chosen
         first = out["attempts"][0]
-        assert first["device"] == chosen and not first["ok"] and "offline" in first["error"]
+        # Ended by the last will (the device went offline), not by the attempt's timeout.
+        assert first["device"] == chosen and not first["ok"] and "went offline mid-request" in first["error"], first
         assert any("escalated" in r for r in out["reasons"])
-        # The last will tells the hub at once: far less than the attempt's timeout (≥ 1 s).
         print(f"escalated {escalated_after * 1000:.0f} ms after the kill")
-        assert escalated_after < 5
         assert hub.stats.snapshot().models[(chosen, dry["chosen"]["model"], "summarize")].success_rate == 0.0
 
 
@@ -206,7 +207,7 @@ async def test_a_client_that_leaves_mid_stream_costs_nothing(mosquitto: Any, mak
             first = await r.content.readline()
             assert b"chunk" in first
             r.close()  # gone without reading the rest
-        await wait_for(lambda: hub.dispatcher.counts["ok"] + hub.dispatcher.counts["failed"] == 1, 10)
+        await wait_for(lambda: hub.dispatcher.counts["ok"] + hub.dispatcher.counts["failed"] == 1, 30)
         assert hub.dispatcher.counts["ok"] == 1, "the task finished and was recorded"
         assert not hub.rpc._pending, "no call left waiting"
         status, out = await post(hub, "/api/infer", {"task": "summarize", "text": "more notes", "budget_ms": 20000})

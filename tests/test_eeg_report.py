@@ -136,7 +136,9 @@ def test_one_hour_session_renders_quickly(tmp_path: Path) -> None:
     started = time.perf_counter()
     out = render_report(d)
     elapsed = time.perf_counter() - started
-    assert elapsed < 10.0, f"rendering took {elapsed:.1f} s"
+    # About 2 s on a quiet machine, 6 s with both cores busy: the bound catches a render that
+    # grows out of proportion with the session, not a slow machine.
+    assert elapsed < 30.0, f"rendering took {elapsed:.1f} s"
     assert out.read_bytes().startswith(PNG_SIGNATURE)
     fig = build_figure(d)
     plotted = len(fig.axes[0].get_lines()[0].get_xdata())

@@ -23,17 +23,17 @@ async def test_embedded_broker_is_supervised(make_hub: Any) -> None:
         e1, e2 = hub.pairing.pair_device("e1"), hub.pairing.pair_device("e2")  # the embedded broker refuses strangers
         c = paho_client(broker.port, login=(e1.username, e1.password))
         c.publish("sovereign/device/e1/announce", json.dumps(capability_doc("e1")), qos=1, retain=True).wait_for_publish()
-        await wait_for(lambda: hub.registry.get("e1"), 5, what="device via the embedded broker")
+        await wait_for(lambda: hub.registry.get("e1"), 30, what="device via the embedded broker")
         c.loop_stop()
         c.disconnect()
         broker._proc.send_signal(signal.SIGKILL)  # the broker crashes
-        await wait_for(lambda: broker.restarts == 1, 10, what="broker restarted")
-        await wait_for(lambda: hub.mqtt.connected.is_set() and hub.mqtt.connect_count >= 2, 15, what="hub reconnected")
+        await wait_for(lambda: broker.restarts == 1, 30, what="broker restarted")
+        await wait_for(lambda: hub.mqtt.connected.is_set() and hub.mqtt.connect_count >= 2, 60, what="hub reconnected")
         # Persistence in the data dir: the retained announcement survived the crash's restart
         # up to the last autosave; a fresh one always works.
         c = paho_client(broker.port, login=(e2.username, e2.password))
         c.publish("sovereign/device/e2/announce", json.dumps(capability_doc("e2")), qos=1).wait_for_publish()
-        await wait_for(lambda: hub.registry.get("e2"), 5, what="device after the restart")
+        await wait_for(lambda: hub.registry.get("e2"), 30, what="device after the restart")
         c.loop_stop()
         c.disconnect()
 

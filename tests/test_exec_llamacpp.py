@@ -131,7 +131,9 @@ async def test_tiny_timeout(executor: LlamaCppExecutor, stream: bool) -> None:
         await executor.run(_call("Tell a long story about a robot.", max_tokens=200, timeout_s=0.001),
                            emit if stream else None)
     assert err.value.code == "timeout"
-    assert time.perf_counter() - t0 < 0.5  # the caller is not kept waiting for the generation
+    # The caller is not kept waiting for the generation: it returns in milliseconds, where the
+    # 200 tokens take seconds (2.5 s on a quiet machine, far more on a busy one).
+    assert time.perf_counter() - t0 < 2.0
     # The abandoned generation ends in the background; the next call waits for it, then works.
     after = await executor.run(_call(max_tokens=8))
     assert after.output.strip()

@@ -36,7 +36,7 @@ from hub.agent.executors.base import ExecError, InferCall
 from hub.agent.executors.ollama import DEFAULT_HOST, OllamaExecutor
 from hub.capability import ModelSpec
 
-from .conftest import serve_app
+from .conftest import serve_app, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,6 +77,11 @@ def stream_final(model: str) -> dict[str, Any]:
 # --- the stand-in server ---------------------------------------------------------------------------
 
 
+#: How long the "slow" and "stall" handlers hold their answer (unless released at teardown): far
+#: beyond every bound below, so that "gave up at its timeout" is an ordering, not a race.
+HOLD_S = 60
+
+
 @dataclass
 class FakeOllama:
     url: str = ""
@@ -102,7 +107,7 @@ def make_app(state: FakeOllama) -> web.Application:
         if model == "broken":
             return web.json_response({"error": "llama runner process has terminated: exit status 2"}, status=500)
         if model == "slow":
-            await asyncio.wait_for(state.release.wait(), 5)
+            await asyncio.wait_for(state.release.wait(), HOLD_S)
             return web.json_response(CHAT_ANSWER)
         if model not in ("llama3.2", "stall"):
             return not_found(model)
@@ -116,7 +121,7 @@ def make_app(state: FakeOllama) -> web.Application:
             await resp.write(json.dumps(stream_chunk(model, piece)).encode() + b"\n")
             await asyncio.sleep(0.005)  # separate writes, so the client really sees a stream
         if model == "stall":
-            await asyncio.wait_for(state.release.wait(), 5)
+            await asyncio.wait_for(state.release.wait(), HOLD_S)
             return resp
         await resp.write(json.dumps(stream_final(model)).encode() + b"\n")
         await resp.write_eof()
@@ -282,7 +287,8 @@ async def test_slow_server_times_out(server: FakeOllama, executor: OllamaExecuto
         await executor.run(call("slow", timeout_s=0.3))
     elapsed = time.perf_counter() - started
     assert err.value.code == "timeout"
-    assert 0.25 <= elapsed < 2.0
+    # At its 0.3 s timeout, long before the stand-in's answer (held for HOLD_S).
+    assert 0.25 <= elapsed < HOLD_S / 2
     assert len(server.bodies("/api/chat")) == 1  # it did reach the server
 
 
@@ -296,7 +302,7 @@ async def test_stalled_stream_times_out_after_its_pieces(server: FakeOllama, exe
     with pytest.raises(ExecError) as err:
         await executor.run(call("stall", timeout_s=0.4), emit)
     assert err.value.code == "timeout"
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < HOLD_S / 2  # not when the stand-in ends the stalled stream
     assert got == STREAM_PIECES[:2]
     # The connection was released: the same executor still answers.
     res = await executor.run(call("llama3.2"))
@@ -316,11 +322,9 @@ async def test_failed_emit_releases_the_stream(server: FakeOllama, executor: Oll
     else:
         pytest.fail("the emit's error should come through")
     [request] = server.streams
-    for _ in range(100):
-        if request.transport is None or request.transport.is_closing():
-            break
-        await asyncio.sleep(0.01)
-    assert request.transport is None or request.transport.is_closing()
+    # Well before the stand-in would end the stalled stream itself (HOLD_S).
+    await wait_for(lambda: request.transport is None or request.transport.is_closing(), HOLD_S / 2,
+                   what="the stream's connection closed")
     assert kept.__traceback__ is not None
 
 

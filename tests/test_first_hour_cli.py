@@ -123,7 +123,8 @@ def test_a_second_hub_or_demo_on_a_data_directory_in_use_is_refused_and_writes_n
             out = cli(*argv)
             assert out.returncode == 1, out
             assert f"the data directory {data} is in use by a running hub (pid {first.pid})" in out.stderr
-            assert "Traceback" not in out.stderr and time.monotonic() - began < 15
+            # Refused at once, not after waiting for the lock (cli()'s own timeout is 30 s).
+            assert "Traceback" not in out.stderr and time.monotonic() - began < 25
         assert first.poll() is None, "the first hub runs on"
     finally:
         assert stop(first) == 0
@@ -213,17 +214,19 @@ def test_a_signal_during_start_up_stops_it_promptly_leaving_no_children(tmp_path
         children = poll(broker_started, 30, "the stand-in broker started")
         proc.send_signal(sig)
         began = time.monotonic()
-        code = proc.wait(10)
+        code = proc.wait(30)
         took = time.monotonic() - began
     finally:
         if proc.poll() is None:
             proc.kill()
     output = lines.read()
-    assert took < 4, f"{took:.1f} s to stop; output: {output}"
+    # Promptly: the bug this guards against ignored the signal for minutes; a loaded machine
+    # takes a few seconds to stop the processes.
+    assert took < 20, f"{took:.1f} s to stop; output: {output}"
     assert code == 0, output
     assert "stop requested during start-up" in output and "Traceback" not in output
     assert "is running" not in output and "Admin token" not in output and "admin token" not in output
-    gone, alive = psutil.wait_procs(children, timeout=3)
+    gone, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, f"left behind: {alive}"
     assert not (data / "admin-token.json").exists(), "a start that did not finish makes no token"
 
@@ -243,7 +246,7 @@ async def test_a_hub_stopped_just_as_it_connects_stops(mosquitto: Any, tmp_path:
         async with asyncio.timeout(20):
             await hub.stop()
         took = time.monotonic() - began
-        assert took < 3, f"stop {i} took {took:.1f} s"
+        assert took < 15, f"stop {i} took {took:.1f} s"  # not the 20 s guard above: it did stop by itself
 
 
 # -- 5. the admin token ------------------------------------------------------------------------------
@@ -263,7 +266,7 @@ def test_the_token_is_made_only_by_a_start_that_succeeds_and_is_always_shown(mos
     hub, lines = start("run", "--config", str(conf), "--http-port", "0")
     try:
         url = api_url(lines)
-        text = lines.wait_for("Admin token", 10)
+        text = lines.wait_for("Admin token", 30)
         token = text.split("Admin token (shown once; only its hash is kept): ", 1)[1].split()[0]
         write = f"{url}/api/devices/nobody/reset"
         assert request(write, "POST", token) == 404, "the printed token is the hub's (404: no such device)"

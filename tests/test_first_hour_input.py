@@ -134,7 +134,7 @@ async def test_cached_answers_follow_the_model_that_gave_them(mosquitto: Any, ma
 
         # The same model, now simulated: the llama.cpp answer is not served for it.
         real.terminate()
-        await wait_for(lambda: not hub.registry.get(real.device_id).online, 10, what="the real laptop offline")
+        await wait_for(lambda: not hub.registry.get(real.device_id).online, 30, what="the real laptop offline")
         [sim] = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ()))
         status, out = await post(hub, "/api/infer", question)
         assert status == 200 and not out["cached"] and out["simulated"], out
@@ -142,7 +142,7 @@ async def test_cached_answers_follow_the_model_that_gave_them(mosquitto: Any, ma
         assert hub.cache.count("qa") == 1, "the simulated answer is not kept; the real one waits for its model"
         # The llama.cpp model back in the fleet (another device): its answer is served again.
         sim.terminate()
-        await wait_for(lambda: not hub.registry.get(sim.device_id).online, 10, what="the simulated laptop offline")
+        await wait_for(lambda: not hub.registry.get(sim.device_id).online, 30, what="the simulated laptop offline")
         await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ("--real-models",)))
         status, out = await post(hub, "/api/infer", question)
         assert out["cached"] and out["output"] == first["output"], out

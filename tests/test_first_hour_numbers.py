@@ -167,7 +167,7 @@ DEMO_REPLAY = {"speed": 720, "report_interval_s": 0.5, "solar_peak_w": 5000, "lo
 async def test_best_window_defaults_fit_the_forecast_the_hub_holds(mosquitto: Any, make_hub: Any) -> None:
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}, plugins={"replay": DEMO_REPLAY}) as hub, \
             aiohttp.ClientSession() as s:
-        await wait_for(lambda: hub.energy.forecasts.get("carbon_g_per_kwh"), 10, what="the replayed forecast")
+        await wait_for(lambda: hub.energy.forecasts.get("carbon_g_per_kwh"), 30, what="the replayed forecast")
         now = time.time()
         reach = max(p.end for p in hub.energy.forecasts["carbon_g_per_kwh"]) - now
         assert 200 < reach < 260, "48 h at 720x"

@@ -10,6 +10,7 @@ import asyncio
 import json
 import queue
 import signal
+import threading
 import time
 import uuid
 from typing import Any
@@ -21,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from hub.homeassistant import object_id
 from hub.router.ledger import LedgerEntry
 
-from .conftest import wait_for
+from .conftest import retained_messages, wait_for
 from .payloads import capability_doc
 from .test_discovery_mqtt import paho_client
 from .test_dispatch import fleet
@@ -29,42 +30,46 @@ from .test_dispatch import fleet
 
 def subscriber(port: int, topic: str) -> tuple[paho.Client, "queue.Queue[paho.MQTTMessage]"]:
     q: queue.Queue[paho.MQTTMessage] = queue.Queue()
+    subscribed = threading.Event()
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"ha-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv311)
     c.on_message = lambda _c, _u, m: q.put(m)
+    c.on_subscribe = lambda *_: subscribed.set()
     c.connect("127.0.0.1", port)
     c.loop_start()
     c.subscribe(topic, qos=1)
+    assert subscribed.wait(30), f"no SUBACK for {topic}"
     return c, q
 
 
-def drain(q: "queue.Queue[paho.MQTTMessage]", seconds: float = 1.0) -> dict[str, bytes]:
-    import time
-    out: dict[str, bytes] = {}
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+async def collect(q: "queue.Queue[paho.MQTTMessage]", until: Any, what: str, timeout: float = 30,
+                  seen: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """The latest payload on each topic from ``q``, gathered until ``until(seen)`` holds."""
+    seen = {} if seen is None else seen
+    deadline = time.monotonic() + timeout
+    while not until(seen):
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}: {sorted(seen)}"
         try:
-            m = q.get(timeout=0.1)
+            m = await asyncio.to_thread(q.get, True, 0.2)
         except queue.Empty:
             continue
-        out[m.topic] = m.payload
-    return out
+        seen[m.topic] = m.payload
+    return seen
+
+
+async def collect_to_marker(hub: Any, q: "queue.Queue[paho.MQTTMessage]",
+                            seen: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """What ``q`` (subscribed to ``#``) gets up to a marker the hub publishes once its event
+    handlers have run: one client's messages arrive in order, so whatever the hub published
+    before the marker is in. A positive end to an "is not published" check, not a quiet period."""
+    await hub.bus.drain()
+    marker = f"sovereign/test-marker/{uuid.uuid4().hex}"
+    assert await hub.mqtt.publish(marker, b"end", qos=1)
+    return await collect(q, lambda got: marker in got, "the marker", seen=seen)
 
 
 def retained(port: int, topic: str) -> dict[str, bytes]:
     """The retained messages on ``topic`` now, as a newly subscribing Home Assistant gets them."""
-    c, q = subscriber(port, topic)
-    try:
-        seen: dict[str, bytes] = {}
-        while True:
-            try:
-                m = q.get(timeout=0.5)  # retained messages come at once after SUBACK
-            except queue.Empty:
-                return seen
-            if m.retain:
-                seen[m.topic] = m.payload
-    finally:
-        c.loop_stop()
-        c.disconnect()
+    return retained_messages(port, topic)
 
 
 def check_device_payload(doc: dict[str, Any]) -> None:
@@ -94,13 +99,16 @@ async def test_discovery_states_rediscovery_and_removal(mosquitto: Any, make_hub
     try:
         async with make_hub(mosquitto.url, zeroconf={"enabled": False}, homeassistant={"state_interval_s": 1}) as hub:
             [phone] = await fleet(hub, spawn_agent, mosquitto.url, ("phone", ()))
-            seen = await asyncio.to_thread(drain, q, 2.5)
+            topic = f"homeassistant/device/{object_id(phone.device_id)}/config"
+            seen = await collect(q, lambda got: {"homeassistant/device/sovereign_hub_hub/config", topic,
+                                                 f"sovereign/ha/device/{phone.device_id}/state"} <= got.keys()
+                                 and json.loads(got.get("sovereign/ha/hub/state") or "{}").get("devices_online") == 1,
+                                 "the hub's and the phone's configs and states")
             hub_cfg = json.loads(seen["homeassistant/device/sovereign_hub_hub/config"])
             check_device_payload(hub_cfg)
             assert availability_topics(hub_cfg) == ["sovereign/hub/status"]
             assert {c["name"] for c in hub_cfg["cmps"].values()} >= {"Grid carbon intensity", "Energy mode",
                                                                      "Saved today against all-cloud", "EEG feedback score"}
-            topic = f"homeassistant/device/{object_id(phone.device_id)}/config"
             dev = json.loads(seen[topic])
             check_device_payload(dev)
             assert availability_topics(dev) == [f"sovereign/device/{phone.device_id}/status",
@@ -116,14 +124,13 @@ async def test_discovery_states_rediscovery_and_removal(mosquitto: Any, make_hub
             # Home Assistant restarts: it says so, and gets everything again.
             before = hub.homeassistant.published
             c.publish("homeassistant/status", b"online", qos=1)
-            await wait_for(lambda: hub.homeassistant.published >= before + 2, 5, what="re-published")
+            await wait_for(lambda: hub.homeassistant.published >= before + 2, 30, what="re-published")
             # A deleted device disappears from Home Assistant.
             async with aiohttp.ClientSession() as s:
                 async with s.delete(f"{hub.http_url}/api/devices/{phone.device_id}") as r:
                     assert r.status == 200
             phone.terminate()
-            seen = await asyncio.to_thread(drain, q, 1.5)
-            assert seen.get(topic) == b"", "empty retained payload removes the device"
+            await collect(q, lambda got: got.get(topic) == b"", "an empty retained payload removing the device")
     finally:
         c.loop_stop()
         c.disconnect()
@@ -132,12 +139,12 @@ async def test_discovery_states_rediscovery_and_removal(mosquitto: Any, make_hub
 async def test_disabled_or_another_prefix(mosquitto: Any, make_hub: Any) -> None:
     c, q = subscriber(mosquitto.port, "#")
     try:
-        async with make_hub(mosquitto.url, zeroconf={"enabled": False}, homeassistant={"enabled": False}):
-            seen = await asyncio.to_thread(drain, q, 1.0)
+        async with make_hub(mosquitto.url, zeroconf={"enabled": False}, homeassistant={"enabled": False}) as hub:
+            assert hub.homeassistant is None
+            seen = await collect_to_marker(hub, q)
             assert not [t for t in seen if t.startswith("homeassistant/")]
         async with make_hub(mosquitto.url, zeroconf={"enabled": False}, homeassistant={"prefix": "ha-test"}):
-            seen = await asyncio.to_thread(drain, q, 1.0)
-            assert "ha-test/device/sovereign_hub_hub/config" in seen
+            await collect(q, lambda got: "ha-test/device/sovereign_hub_hub/config" in got, "the config under ha-test/")
     finally:
         c.loop_stop()
         c.disconnect()
@@ -149,6 +156,7 @@ async def retained_until(port: int, predicate: Any, timeout: float, what: str) -
     deadline = time.monotonic() + timeout
     while not predicate(configs := await asyncio.to_thread(retained, port, "homeassistant/device/+/config")):
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}: {sorted(configs)}"
+        await asyncio.sleep(0.05)
     return configs
 
 
@@ -197,15 +205,16 @@ async def test_a_pending_device_is_counted_not_an_entity(mosquitto: Any, make_hu
         async with make_hub(mosquitto.url, zeroconf={"enabled": False}, pairing={"required": True},
                             homeassistant={"state_interval_s": 1}) as hub:
             agent = spawn_agent(mosquitto.url, "phone", None, "--no-zeroconf")
-            await wait_for(lambda: hub.registry.get(agent.device_id), 15, what="the announcement")
+            await wait_for(lambda: hub.registry.get(agent.device_id), 60, what="the announcement")
             topic = f"homeassistant/device/{object_id(agent.device_id)}/config"
-            seen = await asyncio.to_thread(drain, q, 2.5)
+            seen = await collect(q, lambda got: "homeassistant/device/sovereign_hub_hub/config" in got and json.loads(
+                got.get("sovereign/ha/hub/state") or "{}").get("devices_pending") == 1, "the pending count")
+            seen = await collect_to_marker(hub, q, seen)
             assert topic not in seen
-            assert json.loads(seen["sovereign/ha/hub/state"])["devices_pending"] == 1
             hub_cfg = json.loads(seen["homeassistant/device/sovereign_hub_hub/config"])
             assert "Devices waiting to be paired" in {c["name"] for c in hub_cfg["cmps"].values()}
             hub.pairing.pair_device(agent.device_id)
-            seen = await asyncio.to_thread(drain, q, 2.5)
+            seen = await collect(q, lambda got: topic in got, "the paired device's config")
             check_device_payload(json.loads(seen[topic]))
     finally:
         c.loop_stop()
@@ -217,6 +226,7 @@ async def retained_value(port: int, topic: str, predicate: Any, timeout: float, 
     deadline = time.monotonic() + timeout
     while not predicate(value := (await asyncio.to_thread(retained, port, topic)).get(topic)):
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}: {value!r}"
+        await asyncio.sleep(0.05)
     return value
 
 
@@ -226,20 +236,20 @@ async def test_a_deleted_device_comes_back_when_it_reconnects(mosquitto: Any, ma
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
         [phone] = await fleet(hub, spawn_agent, mosquitto.url, ("phone", ()))
         topic = f"homeassistant/device/{object_id(phone.device_id)}/config"
-        await retained_value(mosquitto.port, topic, bool, 10, "the phone's config")
+        await retained_value(mosquitto.port, topic, bool, 30, "the phone's config")
         async with aiohttp.ClientSession() as s, s.delete(f"{hub.http_url}/api/devices/{phone.device_id}") as r:
             assert r.status == 200
-        await retained_value(mosquitto.port, topic, lambda v: v is None, 10, "the config removed")
+        await retained_value(mosquitto.port, topic, lambda v: v is None, 30, "the config removed")
         await retained_value(mosquitto.port, f"sovereign/ha/device/{phone.device_id}/availability",
-                             lambda v: v is None, 10, "the hub's view of it cleared")
+                             lambda v: v is None, 30, "the hub's view of it cleared")
         # The same device reconnects (a restart of its agent): it announces itself again.
         phone.terminate()
         again = spawn_agent(mosquitto.url, "phone", phone.device_id, "--no-zeroconf")
-        await wait_for(lambda: (r := hub.registry.get(again.device_id)) and r.online, 20, what="the phone back")
-        doc = json.loads(await retained_value(mosquitto.port, topic, bool, 10, "the config published again"))
+        await wait_for(lambda: (r := hub.registry.get(again.device_id)) and r.online, 60, what="the phone back")
+        doc = json.loads(await retained_value(mosquitto.port, topic, bool, 30, "the config published again"))
         check_device_payload(doc)
         await retained_value(mosquitto.port, f"sovereign/ha/device/{phone.device_id}/availability",
-                             lambda v: v == b"online", 10, "the hub's view: online")
+                             lambda v: v == b"online", 30, "the hub's view: online")
 
 
 async def test_a_hung_device_is_unavailable_at_the_hubs_heartbeat_timeout(mosquitto: Any, make_hub: Any,
@@ -250,22 +260,24 @@ async def test_a_hung_device_is_unavailable_at_the_hubs_heartbeat_timeout(mosqui
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}, discovery={"heartbeat_timeout_s": 2}) as hub:
         [agent] = await fleet(hub, spawn_agent, mosquitto.url, ("phone", ("--heartbeat-s", "0.3")))
         topic = f"homeassistant/device/{object_id(agent.device_id)}/config"
-        doc = json.loads(await retained_value(mosquitto.port, topic, bool, 10, "the config"))
+        doc = json.loads(await retained_value(mosquitto.port, topic, bool, 30, "the config"))
         hub_view = f"sovereign/ha/device/{agent.device_id}/availability"
         assert doc["availability_mode"] == "all" and hub_view in availability_topics(doc)
-        await retained_value(mosquitto.port, hub_view, lambda v: v == b"online", 10, "online")
+        await retained_value(mosquitto.port, hub_view, lambda v: v == b"online", 30, "online")
         agent.proc.send_signal(signal.SIGSTOP)
         try:
             stopped = time.monotonic()
-            await retained_value(mosquitto.port, hub_view, lambda v: v == b"offline", 10, "offline in Home Assistant")
-            assert time.monotonic() - stopped < 8
+            # At the hub's heartbeat timeout (2 s), not at the last will, which needs 45 s: the
+            # wait's bound is below that, and the last will is checked not to have come.
+            await retained_value(mosquitto.port, hub_view, lambda v: v == b"offline", 30, "offline in Home Assistant")
+            print(f"offline in Home Assistant {time.monotonic() - stopped:.1f} s after SIGSTOP")
             assert not hub.registry.get(agent.device_id).online
             # Its last will has not been sent: on that topic alone it would still look available.
             status = await asyncio.to_thread(retained, mosquitto.port, f"sovereign/device/{agent.device_id}/status")
             assert status == {f"sovereign/device/{agent.device_id}/status": b"online"}
         finally:
             agent.proc.send_signal(signal.SIGCONT)
-        await retained_value(mosquitto.port, hub_view, lambda v: v == b"online", 10, "online again")
+        await retained_value(mosquitto.port, hub_view, lambda v: v == b"online", 30, "online again")
 
 
 async def test_numbers_are_rounded_with_units_and_precision(mosquitto: Any, make_hub: Any, spawn_agent: Any,
@@ -280,7 +292,7 @@ async def test_numbers_are_rounded_with_units_and_precision(mosquitto: Any, make
                                    1e-6, 1e-7, 0.0, 1e-5))
         raw = await retained_value(mosquitto.port, "sovereign/ha/hub/state",
                                    lambda v: v and json.loads(v)["carbon_g_per_kwh"] is not None
-                                   and json.loads(v)["tasks_today"] == 1, 10, "the hub state")
+                                   and json.loads(v)["tasks_today"] == 1, 30, "the hub state")
         state = json.loads(raw)
         assert state["carbon_g_per_kwh"] == 123.5
         assert state["saved_today"] == 0.0 and b"-0.0" not in raw and b"e-" not in raw
@@ -289,7 +301,7 @@ async def test_numbers_are_rounded_with_units_and_precision(mosquitto: Any, make
         dev_state = json.loads(dev_raw)
         for key in ("battery_pct", "power_w"):
             assert dev_state[key] is None or round(dev_state[key], 1) == dev_state[key], (key, dev_state[key])
-        configs = await retained_until(mosquitto.port, lambda got: len(got) >= 2, 10, "the configs")
+        configs = await retained_until(mosquitto.port, lambda got: len(got) >= 2, 30, "the configs")
         hub_cfg = json.loads(configs["homeassistant/device/sovereign_hub_hub/config"])
         check_device_payload(hub_cfg)
         check_device_payload(json.loads(configs[f"homeassistant/device/{object_id(phone.device_id)}/config"]))
@@ -305,19 +317,20 @@ async def test_numbers_are_rounded_with_units_and_precision(mosquitto: Any, make
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}, homeassistant={"state_interval_s": 1},
                         data_dir=str(tmp_path / "unpriced"), router={"builtin_cloud_prices": False}):
         await retained_value(mosquitto.port, "sovereign/ha/hub/state",
-                             lambda v: v and json.loads(v)["saved_today"] is None, 10, "saved_today null: no price")
+                             lambda v: v and json.loads(v)["saved_today"] is None, 30, "saved_today null: no price")
 
 
 async def test_devices_online_follows_devices_at_once(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     """The hub's counts are published when a device comes or goes, not at the next full refresh."""
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}, homeassistant={"state_interval_s": 3600}):
         await retained_value(mosquitto.port, "sovereign/ha/hub/state",
-                             lambda v: v and json.loads(v)["devices_online"] == 0, 10, "the first hub state")
+                             lambda v: v and json.loads(v)["devices_online"] == 0, 30, "the first hub state")
         agent = spawn_agent(mosquitto.url, "phone", None, "--no-zeroconf")
         await retained_value(mosquitto.port, "sovereign/ha/hub/state",
-                             lambda v: v and json.loads(v)["devices_online"] == 1, 15, "1 device online")
+                             lambda v: v and json.loads(v)["devices_online"] == 1, 60, "1 device online")
         agent.kill()  # its last will takes it offline
         killed = time.monotonic()
+        # At once, not at the next full refresh an hour away: the wait's bound is the check.
         await retained_value(mosquitto.port, "sovereign/ha/hub/state",
-                             lambda v: v and json.loads(v)["devices_online"] == 0, 10, "0 devices online")
-        assert time.monotonic() - killed < 5
+                             lambda v: v and json.loads(v)["devices_online"] == 0, 30, "0 devices online")
+        print(f"0 devices online {time.monotonic() - killed:.1f} s after the kill")

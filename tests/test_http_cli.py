@@ -15,7 +15,7 @@ from .conftest import ROOT, wait_for
 async def test_health_and_devices(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
         agent = spawn_agent(mosquitto.url, "gpu-box", None, "--no-zeroconf")
-        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 15, what="agent")
+        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 60, what="agent")
         async with aiohttp.ClientSession() as s:
             async with s.get(f"{hub.http_url}/api/health") as resp:
                 health = await resp.json()
@@ -59,7 +59,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 async def test_cli_devices_table_and_json(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
         agents = [spawn_agent(mosquitto.url, p, None, "--no-zeroconf") for p in ("watch", "laptop")]
-        await wait_for(lambda: all((r := hub.registry.get(a.device_id)) and r.energy for a in agents), 15, what="agents")
+        await wait_for(lambda: all((r := hub.registry.get(a.device_id)) and r.energy for a in agents), 60, what="agents")
         import asyncio
         out = await asyncio.to_thread(_cli, "devices", "--url", hub.http_url, "--json")
         assert out.returncode == 0, out.stderr

@@ -47,9 +47,9 @@ async def test_agent_serves_its_ollama_models(mosquitto: Any, make_hub: Any, oll
                        "--log-level", "warning"], device_id)
     try:
         async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
-            rec = await wait_for(lambda: (r := hub.registry.get(device_id)) and r.online and r, 20, what="agent")
+            rec = await wait_for(lambda: (r := hub.registry.get(device_id)) and r.online and r, 60, what="agent")
             assert [(m.name, m.runtime) for m in rec.capability.models if m.runtime == "ollama"] == [("llama3.2", "ollama")]
-            hub._fleet = None
+            hub.refresh_fleet()
             status, out = await post(hub, "/api/infer", {"task": "qa", "text": "Why is the sky blue?", "budget_ms": 30000})
             assert status == 200 and out["ok"], out
             assert out["served_by"] == {"device": device_id, "model": "llama3.2", "layer": "medium"}

@@ -123,7 +123,7 @@ async def test_ollama_server_appears_as_a_device(mosquitto: Any, make_hub: Any) 
         async with make_hub(mosquitto.url, zeroconf={"enabled": False},
                             plugins={"ollama": {"poll_interval_s": 1, "timeout_s": 1,
                                                 "servers": [{"url": url, "id": "box-ollama", "tier": "medium"}]}}) as hub:
-            rec = await wait_for(lambda: hub.registry.get("box-ollama"), 10, what="ollama device")
+            rec = await wait_for(lambda: hub.registry.get("box-ollama"), 30, what="ollama device")
             models = {m.name: m for m in rec.capability.models}
             assert set(models) == {"deepseek-r1:latest", "llama3.2:latest", "nomic-embed-text:latest"}
             assert models["nomic-embed-text:latest"].tasks == ["embed"]
@@ -132,9 +132,9 @@ async def test_ollama_server_appears_as_a_device(mosquitto: Any, make_hub: Any) 
             assert rec.online and rec.sources == {"ollama": True}
             # A model pulled on the server shows up at the next poll.
             served["tags"] = {"models": OLLAMA_TAGS["models"][:1]}
-            await wait_for(lambda: len(hub.registry.get("box-ollama").capability.models) == 1, 5, what="model list refresh")
+            await wait_for(lambda: len(hub.registry.get("box-ollama").capability.models) == 1, 30, what="model list refresh")
             await runner.cleanup()  # the server goes away
-            await wait_for(lambda: not rec.online, 5, what="ollama offline")
+            await wait_for(lambda: not rec.online, 30, what="ollama offline")
             assert "not answering" in rec.offline_reason
     finally:
         await runner.cleanup()

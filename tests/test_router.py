@@ -186,7 +186,7 @@ def test_no_device_for_the_task() -> None:
 async def test_dry_run_endpoint(mosquitto: Any, make_hub: Any, spawn_agent: Any) -> None:
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
         agents = [spawn_agent(mosquitto.url, p, None, "--no-zeroconf") for p in ("watch", "gpu-box")]
-        await wait_for(lambda: all((r := hub.registry.get(a.device_id)) and r.online for a in agents), 15, what="agents")
+        await wait_for(lambda: all((r := hub.registry.get(a.device_id)) and r.online for a in agents), 60, what="agents")
         async with aiohttp.ClientSession() as s:
             async with s.post(f"{hub.http_url}/api/route", json={"task": "intent", "text": "play music"}) as r:
                 d = await r.json()

@@ -57,7 +57,7 @@ async def test_tls_and_password(secure_broker: Any, tmp_path: Path, make_hub: An
         agent = spawn_agent(url, "watch", None, "--no-zeroconf", "--username", "hubuser",
                             "--ca-file", str(tmp_path / "ca.crt"), "--cert-file", str(tmp_path / "client.crt"),
                             "--key-file", str(tmp_path / "client.key"))
-        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 15, what="agent over TLS")
+        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 60, what="agent over TLS")
 
 
 async def test_wrong_password_is_reported_not_fatal(secure_broker: Any, tmp_path: Path, make_hub: Any) -> None:
@@ -67,6 +67,6 @@ async def test_wrong_password_is_reported_not_fatal(secure_broker: Any, tmp_path
                         "mqtt": {"url": f"mqtts://127.0.0.1:{secure_broker.port}", "username": "hubuser",
                                  "password": "wrong", "tls": _tls(tmp_path)}})
     async with Hub(cfg) as hub:
-        await wait_for(lambda: hub.mqtt.last_error, 10, what="an authentication error")
+        await wait_for(lambda: hub.mqtt.last_error, 30, what="an authentication error")
         assert not hub.mqtt.connected.is_set()
         assert "not authorized" in hub.mqtt.last_error.lower() or "bad user name" in hub.mqtt.last_error.lower()

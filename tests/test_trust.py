@@ -56,14 +56,14 @@ def connect(port: int, login: tuple[str, str] | None = None, tls_ca: Path | None
     c.on_disconnect = lambda _c, _u, _f, reason, _p: connack.put(reason)
     c.connect("127.0.0.1", port)
     c.loop_start()
-    return c, got, connack.get(timeout=10)
+    return c, got, connack.get(timeout=30)
 
 
 def subscribe(c: paho.Client, topic: str) -> None:
     """Subscribe and wait for the SUBACK (granted or not), so that what follows is ordered after it."""
     _, mid = c.subscribe(topic, qos=1)
     subacks = c.user_data_get()
-    while subacks.get(timeout=10) != mid:
+    while subacks.get(timeout=30) != mid:
         pass
 
 
@@ -135,7 +135,7 @@ async def test_embedded_broker_refuses_strangers_and_counts_them(make_hub: Any) 
             c, _, reason = connect(port, login)
             close(c)
             assert reason.is_failure and "authori" in str(reason).lower(), (login, reason)
-        await wait_for(lambda: hub.state.counters["mqtt_refused"] >= 3, 10, what="refused logins counted")
+        await wait_for(lambda: hub.state.counters["mqtt_refused"] >= 3, 30, what="refused logins counted")
         status, health = await api(hub, "GET", "/api/health")
         assert any("login refused" in str(r["reason"]) for r in hub.rejections.last)
         # The files the broker reads hold hashes only, and only the hub's user may read them.
@@ -152,23 +152,23 @@ async def test_a_paired_device_is_confined_to_its_own_topics(make_hub: Any) -> N
         b_client, _, reason = connect(port, (b.username, b.password))
         assert not reason.is_failure
         b_client.publish("sovereign/device/conf-b/announce", json.dumps(capability_doc("conf-b")), qos=1,
-                         retain=True).wait_for_publish(5)
-        rec_b = await wait_for(lambda: hub.registry.get("conf-b"), 5, what="conf-b announced")
+                         retain=True).wait_for_publish(30)
+        rec_b = await wait_for(lambda: hub.registry.get("conf-b"), 30, what="conf-b announced")
         models_b = rec_b.capability.models
         a_client, a_got, reason = connect(port, (a.username, a.password))
         assert not reason.is_failure
         subscribe(a_client, "sovereign/device/conf-b/rpc")  # another device's requests
         subscribe(a_client, "sovereign/reply/#")            # command answers
         forged = capability_doc("conf-b", models=[{**capability_doc("x")["models"][0], "name": "forged"}])
-        a_client.publish("sovereign/device/conf-b/announce", json.dumps(forged), qos=1, retain=True).wait_for_publish(5)
-        a_client.publish("sovereign/device/conf-b/status", b"offline", qos=1, retain=True).wait_for_publish(5)
-        a_client.publish("sovereign/cmd/infer", json.dumps({"task": "echo", "text": "x"}), qos=1).wait_for_publish(5)
+        a_client.publish("sovereign/device/conf-b/announce", json.dumps(forged), qos=1, retain=True).wait_for_publish(30)
+        a_client.publish("sovereign/device/conf-b/status", b"offline", qos=1, retain=True).wait_for_publish(30)
+        a_client.publish("sovereign/cmd/infer", json.dumps({"task": "echo", "text": "x"}), qos=1).wait_for_publish(30)
         # Its own topics work: proof that the broker delivered what it allowed.
         a_client.publish("sovereign/device/conf-a/announce", json.dumps(capability_doc("conf-a")), qos=1,
-                         retain=True).wait_for_publish(5)
+                         retain=True).wait_for_publish(30)
         # One connection's messages arrive in order: once conf-a's own announcement is here, the
         # broker has already refused everything it sent before it.
-        await wait_for(lambda: hub.registry.get("conf-a"), 5, what="conf-a's own announcement")
+        await wait_for(lambda: hub.registry.get("conf-a"), 30, what="conf-a's own announcement")
         assert hub.registry.get("conf-b").capability.models == models_b and hub.registry.get("conf-b").online
         assert not hub.state.counters.get("rejected_commands")  # the command never reached the hub
         assert a_got.empty()
@@ -182,7 +182,8 @@ async def test_command_replies_go_only_to_the_reply_namespace(make_hub: Any, spa
         device = hub.pairing.pair_device("echo-ns")
         spawn_agent(hub.broker_url, "laptop", "echo-ns", "--echo", "--no-zeroconf", "--username", device.username,
                     env={"SOVEREIGN_MQTT_PASSWORD": device.password})
-        await wait_for(lambda: (r := hub.registry.get("echo-ns")) and r.online, 20, what="echo device online")
+        await wait_for(lambda: (r := hub.registry.get("echo-ns")) and r.online, 60, what="echo device online")
+        hub.refresh_fleet()  # route on the fleet as it is now
         me, other = hub.pairing.add_client(Role.client, "me", [], []), hub.pairing.add_client(Role.client, "other", [], [])
         c, got, _ = connect(port, (me.username, me.password))
         o, other_got, _ = connect(port, (other.username, other.password))
@@ -194,20 +195,20 @@ async def test_command_replies_go_only_to_the_reply_namespace(make_hub: Any, spa
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic, props.CorrelationData = reply, corr
             c.publish("sovereign/cmd/infer", json.dumps({"task": "echo", "text": "hi"}), qos=1,
-                      properties=props).wait_for_publish(5)
+                      properties=props).wait_for_publish(30)
 
         before = hub.state.counters["rejected_commands"]
         ask("sovereign/device/echo-ns/announce", b"1")  # onto a device's announcement: refused
         ask("sovereign/hub/status", b"2")
         ask("sovereign/reply/#", b"3")
-        await wait_for(lambda: hub.state.counters["rejected_commands"] >= before + 3, 10, what="three refusals")
+        await wait_for(lambda: hub.state.counters["rejected_commands"] >= before + 3, 30, what="three refusals")
         assert hub.registry.get("echo-ns").capability.name != "hi"
         ask(f"sovereign/reply/{me.username}/answers", b"ok")
-        msg = await asyncio.to_thread(got.get, True, 15)
+        msg = await asyncio.to_thread(got.get, True, 30)
         assert msg.topic == f"sovereign/reply/{me.username}/answers" and json.loads(msg.payload)["ok"]
         # An answer aimed at another client's namespace reaches only that client.
         ask(f"sovereign/reply/{other.username}/x", b"cross")
-        await asyncio.to_thread(other_got.get, True, 15)
+        await asyncio.to_thread(other_got.get, True, 30)
         assert got.empty()
         close(c)
         close(o)
@@ -224,8 +225,9 @@ async def test_pairing_with_a_code_end_to_end(make_hub: Any, tmp_path: Path, spa
         creds = tmp_path / "creds.json"
         spawn_agent(None, "laptop", "paired-1", "--echo", "--no-zeroconf", "--hub", hub.http_url, "--pair", code,
                     "--credentials", str(creds))
-        await wait_for(lambda: (r := hub.registry.get("paired-1")) and r.online and r, 30,
-                             what="paired agent online")
+        await wait_for(lambda: (r := hub.registry.get("paired-1")) and r.online and r, 60,
+                       what="paired agent online")
+        hub.refresh_fleet()  # route on the fleet as it is now
         assert json.loads(creds.read_text())["username"] == "device-paired-1"
         assert creds.stat().st_mode & 0o777 == 0o600
         status, answer = await api(hub, "POST", "/api/infer", {"task": "echo", "text": "paired"})
@@ -245,8 +247,10 @@ async def test_pairing_with_a_code_end_to_end(make_hub: Any, tmp_path: Path, spa
         out = await cli("devices", "unpair", "paired-1", "--url", hub.http_url)
         assert out.returncode == 0 and "login revoked" in out.stdout, out.stderr
         assert hub.registry.get("paired-1") is None
-        await wait_for(lambda: hub.state.counters["mqtt_refused"] >= 1, 20, what="revoked agent refused")
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: hub.state.counters["mqtt_refused"] >= 1, 30, what="revoked agent refused")
+        # It stays out: refused again at its next reconnect, and still not back in the registry.
+        refused = hub.state.counters["mqtt_refused"]
+        await wait_for(lambda: hub.state.counters["mqtt_refused"] > refused, 30, what="refused again")
         assert hub.registry.get("paired-1") is None
         status, answer = await api(hub, "POST", "/api/infer", {"task": "echo", "text": "after"})
         assert status == 503, answer
@@ -260,7 +264,7 @@ async def test_an_unpaired_device_is_pending_and_never_routed(mosquitto: Any, ma
         status, health = await api(hub, "GET", "/api/health")
         assert any("anonymous" in w for w in health["security_warnings"])
         agent = spawn_agent(mosquitto.url, "laptop", None, "--echo", "--no-zeroconf")
-        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 20, what="announcement")
+        await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.online, 60, what="announcement")
         status, doc = await api(hub, "GET", f"/api/devices/{agent.device_id}")
         assert doc["state"] == "pending" and not doc["paired"]
         assert hub.state.counters["pending_announcements"] >= 1
@@ -279,8 +283,8 @@ async def test_a_forged_mdns_record_cannot_rewrite_a_paired_device(make_hub: Any
         issued = hub.pairing.pair_device(device_id)
         c, _, _ = connect(hub.embedded_broker.port, (issued.username, issued.password))
         c.publish(f"sovereign/device/{device_id}/announce", json.dumps(capability_doc(device_id)), qos=1,
-                  retain=True).wait_for_publish(5)
-        rec = await wait_for(lambda: hub.registry.get(device_id), 5, what="announced over MQTT")
+                  retain=True).wait_for_publish(30)
+        rec = await wait_for(lambda: hub.registry.get(device_id), 30, what="announced over MQTT")
         real = rec.capability
         forged = capability_doc(device_id, name="forged", models=[{**capability_doc("y")["models"][0], "name": "evil"}])
 
@@ -304,16 +308,16 @@ async def test_a_forged_mdns_record_cannot_rewrite_a_paired_device(make_hub: Any
             # Another instance name claiming the paired id: refused and counted.
             impostor = record(f"impostor-{device_id}")
             await (await azc.async_register_service(impostor))
-            await wait_for(lambda: hub.state.counters.get("zeroconf_refused"), 20, what="the impostor refused")
+            await wait_for(lambda: hub.state.counters.get("zeroconf_refused"), 60, what="the impostor refused")
             assert "zeroconf" not in rec.sources
             # The device's own instance name: a hint only — nothing rewritten …
             same_name = record(device_id)
             await (await azc.async_register_service(same_name))
-            await wait_for(lambda: "zeroconf" in rec.sources, 20, what="the record seen as a hint")
+            await wait_for(lambda: "zeroconf" in rec.sources, 60, what="the record seen as a hint")
             assert hub.registry.get(device_id).capability == real
             # … and it does not hold the device up once its MQTT identity says it is gone.
-            c.publish(f"sovereign/device/{device_id}/status", b"offline", qos=1, retain=True).wait_for_publish(5)
-            await wait_for(lambda: not hub.registry.get(device_id).online, 5, what="offline despite the record")
+            c.publish(f"sovereign/device/{device_id}/status", b"offline", qos=1, retain=True).wait_for_publish(30)
+            await wait_for(lambda: not hub.registry.get(device_id).online, 30, what="offline despite the record")
             close(c)
             for info in (impostor, same_name):
                 await (await azc.async_unregister_service(info))
@@ -341,7 +345,7 @@ async def test_tls_listener_with_the_hubs_ca(make_hub: Any, tmp_path: Path, spaw
         creds = tmp_path / "tls-creds.json"
         spawn_agent(None, "laptop", "tls-dev", "--echo", "--no-zeroconf", "--hub", hub.http_url, "--pair", code["code"],
                     "--credentials", str(creds))
-        await wait_for(lambda: (r := hub.registry.get("tls-dev")) and r.online, 30, what="agent over TLS")
+        await wait_for(lambda: (r := hub.registry.get("tls-dev")) and r.online, 60, what="agent over TLS")
         saved = json.loads(creds.read_text())
         assert saved["broker_url"].startswith("mqtts://") and Path(saved["ca_file"]).read_text() == ca.read_text()
 
@@ -388,7 +392,7 @@ async def test_the_readmes_lan_setup_pairs_over_tls(tmp_path: Path) -> None:
                                              "http://127.0.0.1:18700", env=env)
             if answer.returncode == 0:
                 break
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # between polls
         assert answer.stdout.strip() == "over the LAN" and "lan-laptop" in answer.stderr, answer.stderr
         saved = json.loads(creds.read_text())
         assert saved["broker_url"] == "mqtts://127.0.0.1:18883" and Path(saved["ca_file"]).is_file()
