@@ -233,7 +233,8 @@ class Dispatcher:
             return InferOutcome(req.id, req.task, False, error={"code": "no_route", "message": reasons[-1]},
                                 reasons=reasons + [f"{e.device_id}/{e.model}: {e.reason}" for e in decision.excluded],
                                 deferred_s=deferred_s)
-        hit = self.cache.get(req, self._producers(req, decision), now=now())
+        # Not for an uncacheable task (echo, drafts): listing the producers scans the fleet's models.
+        hit = self.cache.get(req, self._producers(req, decision), now=now()) if self.cache.cacheable(req) else None
         if hit is not None:
             (model, runtime), cached = hit
             self._refine(req, decision, model, runtime)
