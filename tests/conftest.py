@@ -184,6 +184,13 @@ def spawn_agent() -> Any:
         p.terminate()
 
 
+def reading(hub: Any, metric: str) -> float | None:
+    """A metric's last good value: an input whose polls have only failed so far (a slow answer
+    on a busy machine) has an entry, but no value."""
+    v = hub.energy.inputs.get(metric)
+    return None if v is None else v.value
+
+
 async def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02,
                    what: str = "condition") -> Any:
     """The predicate's first true value, or AssertionError after ``timeout`` (a failure bound,

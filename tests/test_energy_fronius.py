@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .conftest import wait_for
+from .conftest import reading, wait_for
 from .test_energy_grid_apis import serve
 
 DOC = {
@@ -43,7 +43,7 @@ async def test_fronius_power_flow_and_bad_answers(mosquitto: Any, make_hub: Any)
         async with make_hub(mosquitto.url, zeroconf={"enabled": False},
                             plugins={"fronius": {"url": url, "poll_interval_s": 1, "timeout_s": 0.4,
                                                  "retries": 0}}) as hub:
-            await wait_for(lambda: hub.energy.inputs.get("battery_soc_pct"), 30, what="first poll")
+            await wait_for(lambda: reading(hub, "battery_soc_pct") is not None, 30, what="first poll")
             snap = hub.energy_snapshot()
             assert (snap.pv_w, snap.load_w, snap.grid_w, snap.battery_soc_pct) == (3612, 900, -2262, 62.5)
             assert hub.energy.inputs["battery_w"].value == -450

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .conftest import serve_app, wait_for
+from .conftest import reading, serve_app, wait_for
 
 
 def half_hours(n: int, values: Callable[[int], float], actual: float | None = None) -> list[dict[str, Any]]:
@@ -61,7 +61,7 @@ async def test_uk_national_now_and_48h_forecast(mosquitto: Any, make_hub: Any) -
     async with serve({"/intensity": now, "/intensity/{start}/fw48h": fw48h}) as url:
         async with make_hub(mosquitto.url, zeroconf={"enabled": False},
                             plugins={"ukcarbon": {**FAST, "base_url": url}}) as hub:
-            await wait_for(lambda: hub.energy.inputs.get("carbon_g_per_kwh"), 30, what="carbon")
+            await wait_for(lambda: reading(hub, "carbon_g_per_kwh") is not None, 30, what="carbon")
             snap = hub.energy_snapshot()
             assert snap.carbon_g_per_kwh == 263, "actual beats forecast"
             assert len(snap.carbon_forecast) == 96 and snap.carbon_forecast[1].value == 199
@@ -98,7 +98,7 @@ async def test_uk_regional(mosquitto: Any, make_hub: Any) -> None:
                       "/regional/intensity/{start}/fw48h/regionid/{id}": fw48h}) as url:
         async with make_hub(mosquitto.url, zeroconf={"enabled": False},
                             plugins={"ukcarbon": {**FAST, "base_url": url, "region_id": 13}}) as hub:
-            await wait_for(lambda: hub.energy.inputs.get("carbon_g_per_kwh"), 30, what="regional carbon")
+            await wait_for(lambda: reading(hub, "carbon_g_per_kwh") is not None, 30, what="regional carbon")
             assert hub.energy_snapshot().carbon_g_per_kwh == 141
             assert hub.energy.forecasts["carbon_g_per_kwh"][-1].value == 141 + 95
 
@@ -129,7 +129,7 @@ async def test_electricity_maps_latest_forecast_and_token(mosquitto: Any, make_h
         async with make_hub(mosquitto.url, zeroconf={"enabled": False},
                             plugins={"electricitymaps": {**FAST, "base_url": url, "zone": "DE",
                                                          "token": "secret-token"}}) as hub:
-            await wait_for(lambda: hub.energy.inputs.get("carbon_g_per_kwh"), 30, what="carbon")
+            await wait_for(lambda: reading(hub, "carbon_g_per_kwh") is not None, 30, what="carbon")
             assert hub.energy_snapshot().carbon_g_per_kwh == 302
             fc = hub.energy.forecasts["carbon_g_per_kwh"]
             assert len(fc) == 24 and fc[0].end - fc[0].start == 3600 and fc[-1].value == 185

@@ -16,7 +16,7 @@ import aiohttp
 
 from plugins.tariff import Period, TariffConfig, price_at, schedule
 
-from .conftest import ROOT, retained_messages, retained_until, wait_for
+from .conftest import ROOT, reading, retained_messages, retained_until, wait_for
 
 # Replay the real 2020 GB data from a sunny noon in June, an hour per real second.
 REPLAY = {"speed": 3600, "report_interval_s": 0.2, "start": "2020-06-21T11:00:00", "solar_peak_w": 5000,
@@ -39,7 +39,7 @@ async def test_energy_api_with_replay(mosquitto: Any, make_hub: Any, spawn_agent
                         plugins={"replay": REPLAY}) as hub:
         await wait_for(lambda: (r := hub.registry.get(agent.device_id)) and r.energy, 30, what="agent")
         async with aiohttp.ClientSession() as s:
-            await wait_for(lambda: hub.energy.inputs.get("pv_w"), 30, what="replayed PV")
+            await wait_for(lambda: reading(hub, "pv_w") is not None, 30, what="replayed PV")
             status, snap = await get(s, f"{hub.http_url}/api/energy")
             assert status == 200
             for key in ("mode", "mode_reasons", "carbon_g_per_kwh", "solar_surplus_w", "devices", "inputs"):
@@ -108,7 +108,7 @@ async def test_bad_csv_fails_the_plugin_with_a_reason(mosquitto: Any, make_hub: 
     async with make_hub(mosquitto.url, zeroconf={"enabled": False},
                         plugins={"replay": {"carbon_csv": str(rows), "solar_csv": None,
                                             "start": "2020-01-01T00:40:00", "report_interval_s": 0.2}}) as hub:
-        await wait_for(lambda: hub.energy.inputs.get("carbon_g_per_kwh"), 30, what="replayed carbon")
+        await wait_for(lambda: reading(hub, "carbon_g_per_kwh") is not None, 30, what="replayed carbon")
         assert hub.energy.inputs["carbon_g_per_kwh"].value == 100, "unreadable rows skipped, not fatal"
 
 
@@ -136,6 +136,6 @@ def test_tariff_time_of_use() -> None:
 async def test_tariff_plugin_reports_price(mosquitto: Any, make_hub: Any) -> None:
     async with make_hub(mosquitto.url, zeroconf={"enabled": False},
                         plugins={"tariff": {"price_per_kwh": 0.25, "export_price_per_kwh": 0.05}}) as hub:
-        await wait_for(lambda: hub.energy.inputs.get("price_per_kwh"), 30, what="price")
+        await wait_for(lambda: reading(hub, "price_per_kwh") is not None, 30, what="price")
         snap = hub.energy_snapshot()
         assert snap.price_per_kwh == 0.25 and snap.export_price_per_kwh == 0.05 and snap.price_forecast
