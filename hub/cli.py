@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
     ca.add_argument("--json", action="store_true", help=JSON_HELP)
 
+    fb = sub.add_parser("feedback", help="rate an answer (an outcome the router learns from), or show what it learned")
+    fb.add_argument("request_id", nargs="?", help="the answer's request id (sovereign infer prints it)")
+    fb.add_argument("rating", nargs="?", choices=["up", "down"], help="up: a good answer; down: a wrong or poor one")
+    fb.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
+    fb.add_argument("--json", action="store_true", help=JSON_HELP)
+
     for name, helptext in (("infer", "run a task on the fleet and print the answer"),
                            ("route", "dry run: which device and model would take a task, and why")):
         t = sub.add_parser(name, help=helptext)
@@ -250,6 +256,8 @@ def _main(argv: list[str] | None) -> int:
             return _cmd_rules(args)
         if args.command == "cache":
             return _cmd_cache(args)
+        if args.command == "feedback":
+            return _cmd_feedback(args)
         if args.command in ("infer", "route"):
             return _cmd_task(args)
         if args.command == "eeg":
@@ -689,6 +697,37 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         print(f"removed {doc['removed']} cached answer{'' if doc['removed'] == 1 else 's'}"
               + (f" of task {doc['task']}" if doc.get("task") else ""))
     return 0
+
+
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    """``feedback``: what the per-prompt predictor learned; ``feedback ID up|down``: rate an answer."""
+    if args.request_id is None:
+        return _show(args, "/api/feedback", format_feedback)
+    if args.rating is None:
+        print("error: sovereign feedback ID needs a rating: up or down", file=sys.stderr)
+        return 2
+    doc = api_call("POST", args.url, f"/api/feedback/{urllib.parse.quote(args.request_id, safe='')}",
+                   {"rating": args.rating})
+    if doc is None:
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"rated {doc['rating']}: {doc['model']} now has {doc['outcomes']} outcomes at {doc['task']} "
+              f"(estimates from {doc['min_samples']})")
+    return 0
+
+
+def format_feedback(data: dict[str, Any]) -> str:
+    fb = data["feedback"]
+    lines = [f"per-prompt predictor {'on' if data['enabled'] else 'off'} for {', '.join(data['tasks'])}; "
+             f"estimates from {data['min_samples']} outcomes; feedback {fb['up']} up, {fb['down']} down"]
+    for task, models in data["outcomes"].items():
+        for model, n in sorted(models.items()):
+            lines.append(f"  {task:10} {model:30} {n:6} outcomes{'' if n >= data['min_samples'] else ' (cold)'}")
+    if not data["outcomes"]:
+        lines.append("  nothing learned yet")
+    return "\n".join(lines)
 
 
 def format_rules(data: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ from .config import DispatchConfig
 from .deferred import DeferredStore, ReplyRoute
 from .energy.model import EnergySnapshot, ModeThresholds
 from .router.cache import ResultCache, normalise
+from .router.learner import PromptEstimate, PromptLearner
 from .router.ledger import Ledger, LedgerEntry
 from .router.model import MAX_BUDGET_MS, Candidate, FleetSnapshot, RouteDecision, TaskRequest
 from .router.plan import plan_consensus, plan_deferral
@@ -132,13 +133,14 @@ class Dispatcher:
                  ledger: Ledger, rpc: RpcCaller, clock: Clock = SystemClock(), store: DeferredStore | None = None,
                  known_device: Callable[[str], bool] = lambda _id: True,
                  on_outcome: Callable[[InferOutcome], None] | None = None, hub_id: str = "",
-                 thresholds: ModeThresholds | None = None) -> None:
+                 thresholds: ModeThresholds | None = None, learner: PromptLearner | None = None) -> None:
         self.cfg, self.router = cfg, router
         self.fleet, self.energy = fleet, energy
         self.stats, self.cache, self.rules, self.ledger = stats, cache, rules, ledger
         self.rpc, self.clock, self.store = rpc, clock, store
         self.known_device, self.on_outcome, self.hub_id = known_device, on_outcome, hub_id
         self.thresholds = thresholds or ModeThresholds()
+        self.learner = learner
         self.deferred: dict[str, float] = {}  # request id -> run at
         self._written: set[str] = set()  # ids this process deferred: their outcomes go to the store
         self.counts: collections.Counter[str] = collections.Counter()
@@ -221,13 +223,16 @@ class Dispatcher:
             self._ledger(req, "hub", f"rule:{rule.id}", "rule", True, 0.0, 0.0, 0.0, 0.0)
             return InferOutcome(req.id, req.task, True, rule.answer, {"device": "hub", "model": f"rule:{rule.id}",
                                 "layer": "code"}, 1.0, reasons=[f"approved compiled pattern {rule.id}"])
-        decision = route(req, self.fleet(), self.router, self.stats.snapshot())
+        learner = self.learner
+        estimate = learner.estimate(req.task, req.text) if learner is not None else None
+        predicted = estimate.quality if estimate is not None else None
+        decision = route(req, self.fleet(), self.router, self.stats.snapshot(), predicted)
         deferred_s = 0.0
         if req.deadline is not None and len(self.deferred) < self.cfg.max_deferred:
             plan = plan_deferral(req, decision, self.energy(), self.thresholds)
             if plan.run_at > now() + 1:
                 deferred_s = await self._wait_until(req, plan.run_at, reply)
-                decision = route(req, self.fleet(), self.router, self.stats.snapshot())
+                decision = route(req, self.fleet(), self.router, self.stats.snapshot(), predicted)
         reasons = list(decision.reasons)
         if decision.chosen is None:
             return InferOutcome(req.id, req.task, False, error={"code": "no_route", "message": reasons[-1]},
@@ -241,6 +246,8 @@ class Dispatcher:
             self._ledger(req, "cache", model, "cache", True, 0.0, 0.0, 0.0, 0.0)
             # A hot question answered again counts toward a compiled pattern, cached or not.
             self.rules.observe(req, cached.get("output"), now=now())
+            if learner is not None and estimate is not None:
+                learner.answered(req.id, req.task, model, estimate, now())
             return InferOutcome(req.id, req.task, True, cached.get("output"), {"device": "cache",
                                 "model": model, "layer": "cache"}, cached.get("confidence"),
                                 cached=True, reasons=reasons + [f"answered from the cache ({model}, {runtime})"],
@@ -249,14 +256,14 @@ class Dispatcher:
             if req.mode == "consensus":
                 out = await self._consensus(req, decision, reasons)
             else:
-                out = await self._chain(req, decision, emit, reasons)
+                out = await self._chain(req, decision, emit, reasons, estimate)
             retry_s = (out.error or {}).get("retry_after_s")
             if retry_s is None or req.deadline is None or now() + retry_s >= req.deadline:
                 break
             # Deferrable work that found every slot taken (a batch let go at its window's start)
             # waits its turn while its deadline allows, instead of failing `overloaded`.
             deferred_s += await self._wait_until(req, now() + retry_s, reply)
-            decision = route(req, self.fleet(), self.router, self.stats.snapshot())
+            decision = route(req, self.fleet(), self.router, self.stats.snapshot(), predicted)
             if decision.chosen is None:
                 break
             reasons = list(decision.reasons) + [f"waited {deferred_s:.0f} s in all for a free slot"]
@@ -268,6 +275,8 @@ class Dispatcher:
             proposed = self.rules.observe(req, out.output, now=now())
             if proposed is not None:
                 log.info("compiled pattern proposed: %s", proposed.id)
+        if out.ok and out.served_by is not None and learner is not None and estimate is not None:
+            learner.answered(req.id, req.task, out.served_by["model"], estimate, now())
         return out
 
     def _producers(self, req: InferRequest, decision: RouteDecision) -> list[tuple[str, str]]:
@@ -384,9 +393,10 @@ class Dispatcher:
             taken[1].release()
 
     async def _chain(self, req: InferRequest, decision: RouteDecision, emit: OnChunk | None,
-                     reasons: list[str]) -> InferOutcome:
+                     reasons: list[str], estimate: PromptEstimate | None = None) -> InferOutcome:
         out = InferOutcome(req.id, req.task, False, reasons=reasons)
         streamed = False
+        learner = self.learner
 
         async def forward(chunk: str) -> None:
             nonlocal streamed
@@ -426,6 +436,11 @@ class Dispatcher:
             tries += 1
             if answer is not None:
                 conf = answer.get("confidence")
+                if learner is not None and estimate is not None and isinstance(conf, (int, float)) \
+                        and 0.0 <= conf <= 1.0:
+                    # The answer's own confidence is an outcome of this model on this prompt;
+                    # below the floor it is a failure (label 0), the escalation's reason.
+                    learner.learn(req.task, cand.model, estimate.features, 0.0 if conf < req.quality_floor else conf)
                 if conf is not None and conf < req.quality_floor:
                     attempt.ok, attempt.error = False, f"confidence {conf:.2f} below the floor {req.quality_floor:.2f}"
                     out.reasons.append(f"{cand.device_id}/{cand.model}: {attempt.error}: escalating")

@@ -24,6 +24,7 @@ from .config import format_validation_error
 from .router.request import InferOutcome, InferRequest, RequestError
 from .energy.forecast import NoWindow, best_window, covered_until, fit_defaults, mean_over, no_window_hint
 from .pairing_api import PairingHub, add_pairing_routes
+from .router.learner import FeedbackError
 from .router.model import Candidate, FleetSnapshot, RouteDecision, TaskRequest
 from .router.route import counterfactual_document, route, rule_decision
 from .rpc import CALLER_ERRORS
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from .mqtt import MqttLink
     from .plugins import PluginManager
     from .router.cache import ResultCache
+    from .router.learner import PromptLearner
     from .router.ledger import Ledger
     from .router.rules import RuleBook
     from .router.stats import StatsStore
@@ -62,6 +64,7 @@ class ApiHub(PairingHub, Protocol):
     dispatcher: Dispatcher
     deferred_store: DeferredStore
     stats: StatsStore
+    learner: PromptLearner
     rules: RuleBook
     cache: ResultCache
     ledger: Ledger
@@ -90,6 +93,7 @@ ID_FORMATS: dict[str, tuple[Callable[[str], object], str]] = {
     "/api/devices/{id}/reset": (is_valid_device_id, "a device id is 1-64 letters, digits, '_', '.' or '-', "
                                 "starting with a letter or digit"),
     "/api/deferred/{id}": (lambda v: len(v) <= 128, "a request id is 1-128 characters"),
+    "/api/feedback/{id}": (lambda v: len(v) <= 128, "a request id is 1-128 characters"),
     "/api/rules/{id}/{action}": (re.compile(r"[0-9a-f]{12}").fullmatch, "a rule id is 12 lowercase hex digits"),
 }
 
@@ -232,7 +236,9 @@ def make_app(hub: ApiHub) -> web.Application:
         if rule is not None:
             decision = rule_decision(req, rule.id, rule.answer, hub.config.router.policy)
         else:
-            decision = route(req, hub.fleet(), hub.config.router, hub.stats.snapshot())
+            estimate = hub.learner.estimate(req.task, req.text)
+            decision = route(req, hub.fleet(), hub.config.router, hub.stats.snapshot(),
+                             estimate.quality if estimate is not None else None)
         return web.json_response(decision_document(decision))
 
     async def infer(request: web.Request) -> web.StreamResponse:
@@ -313,6 +319,24 @@ def make_app(hub: ApiHub) -> web.Application:
             return error(404, "unknown_rule", f"no rule with id {request.match_info['id']!r}")
         return web.json_response(rule.to_dict())
 
+    async def feedback(request: web.Request) -> web.Response:
+        """A person's thumbs up or down on an answer: an outcome the per-prompt predictor learns."""
+        try:
+            body = json.loads(await request.read() or b"null")
+        except ValueError as exc:
+            return error(400, "bad_request", f"body: not JSON ({exc})")
+        rating = body.get("rating") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or set(body) != {"rating"} or rating not in ("up", "down"):
+            return error(400, "bad_request", 'body: expected {"rating": "up"} or {"rating": "down"}, nothing else')
+        try:
+            doc = hub.learner.feedback(request.match_info["id"], rating, time.time())
+        except FeedbackError as exc:
+            return error(exc.status, exc.code, exc.message)
+        return web.json_response(doc)
+
+    async def feedback_status(request: web.Request) -> web.Response:
+        return web.json_response(hub.learner.status())
+
     async def clear_cache(request: web.Request) -> web.Response:
         """Forget cached answers, of one task (``?task=``) or all: how many were removed."""
         task = request.query.get("task") or None
@@ -327,6 +351,8 @@ def make_app(hub: ApiHub) -> web.Application:
     app.router.add_post(r"/api/rules/{id}/{action:approve|disable}", rule_state)
     app.router.add_post("/api/route", route_dry_run)
     app.router.add_post("/api/infer", infer)
+    app.router.add_post("/api/feedback/{id}", feedback)
+    app.router.add_get("/api/feedback", feedback_status)
     app.router.add_get("/api/ws", hub.live.handler)
     web_dir = Path(__file__).resolve().parent / "web"
 

@@ -42,6 +42,7 @@ from .router.cache import ResultCache
 from .router.ledger import Ledger
 from .router.request import InferOutcome, InferRequest
 from .router.rules import RuleBook
+from .router.learner import PromptLearner
 from .router.stats import StatsStore
 from .http_api import make_app
 from .mqtt import Birth, Message, MqttLink, MqttOptions, publish_properties
@@ -128,6 +129,8 @@ class Hub:
         # What the router learns from outcomes survives restarts.
         self.stats = StatsStore(cfg.router.learning, self.data_dir / "router-stats.sqlite3")
         self._stack.callback(self.stats.close)
+        self.learner = PromptLearner(cfg.router.predictor, self.data_dir / "router-predictor.sqlite3")
+        self._stack.callback(self.learner.close)
         self.ledger = Ledger(self.data_dir / "ledger.sqlite3")
         self._stack.callback(self.ledger.close)
         self.cache = ResultCache(cfg.router.cache, self.data_dir / "cache.sqlite3")
@@ -176,7 +179,8 @@ class Hub:
             cfg.dispatch, cfg.router, fleet=self.fleet, energy=self.energy_snapshot, stats=self.stats,
             cache=self.cache, rules=self.rules, ledger=self.ledger, rpc=self.rpc, store=deferred,
             known_device=lambda device_id: self.registry.get(device_id) is not None,
-            on_outcome=self._task_finished, hub_id=cfg.hub_id, thresholds=cfg.energy.thresholds)
+            on_outcome=self._task_finished, hub_id=cfg.hub_id, thresholds=cfg.energy.thresholds,
+            learner=self.learner)
         self._stack.push_async_callback(self.dispatcher.aclose)
         self.commands = Commands(self)
         opts.subscriptions += [(self.commands.subscription, 1), (self.rpc.reply_topic, 1)]
@@ -379,6 +383,7 @@ class Hub:
                 await self.history.flush_async()
                 self.stats.flush()
                 self.ledger.flush()
+                await self.learner.flush_async()
                 await self.history.maintain()
                 last_flush = time.monotonic()
 

@@ -32,6 +32,8 @@ def test_no_file_gives_working_defaults(monkeypatch: pytest.MonkeyPatch) -> None
     ("[http]\nhost = \"0.0.0.0\"\n", "http: host '0.0.0.0' is not loopback: set http.token"),
     ("[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"\n", "mqtt.tls: ca_file: file not found"),
     ("log_level = \"loud\"\n", "log_level: Input should be"),
+    ("[router.predictor]\ntasks = [\"qa\", \"dance\"]\n", "router.predictor.tasks: unknown task 'dance' (known: intent"),
+    ("[router.predictor]\nfeedback_weight = 0\n", "router.predictor.feedback_weight: Input should be greater than 0"),
 ])
 def test_errors_name_key_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: str) -> None:
     monkeypatch.delenv("SOVEREIGN_TOKEN", raising=False)

@@ -147,3 +147,22 @@ async def test_pending_devices_and_pairing_from_the_page(mosquitto: Any, make_hu
         assert issued.username == f"device-{agent.device_id}"
         await expect(row).to_have_class("online", timeout=30000)
         await shot(page, "pairing")
+
+
+async def test_a_thumbs_down_from_the_feed_is_learned(mosquitto: Any, make_hub: Any, spawn_agent: Any,
+                                                      browser: Browser) -> None:
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        [laptop] = await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ("--seed", "1")))
+        page = await open_page(browser, hub.http_url + "/")
+        await page.select_option("#task-type", "qa")
+        await page.get_by_test_id("task-text").fill("what is the capital of France?")
+        await page.get_by_test_id("run").click()
+        await expect(page.get_by_test_id("task-result")).to_contain_text(f"on {laptop.device_id}")
+        item = page.get_by_test_id("feed").locator("li").first
+        await item.get_by_role("button", name="poor answer").click()
+        await expect(item.get_by_test_id("rate")).to_contain_text("rated 👎: 1 outcomes of")
+        assert hub.learner.status()["feedback"] == {"up": 0, "down": 1}
+        # An echo is not a task the predictor learns: nothing to rate.
+        await hub.dispatcher.infer(InferRequest(task="echo", text="no verdict needed"))
+        await expect(page.get_by_test_id("feed").locator("li")).to_have_count(2)
+        await expect(page.get_by_test_id("feed").locator("li").first.get_by_test_id("rate")).to_have_count(0)

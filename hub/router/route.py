@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..capability import Tier
 from .model import Candidate, Entry, Exclusion, FleetSnapshot, Live, RouteDecision, TaskRequest
 from .cache import CacheConfig
+from .predict import PredictorConfig
 from .prices import BUILTIN_CLOUD_PRICES, DEFAULT_COUNTERFACTUAL_MODEL, PRICE_LIST_DATE
 from .rules import RulesConfig
 from .stats import Learned, LearningConfig, StatsSnapshot
@@ -75,6 +76,7 @@ class RouterConfig(BaseModel):
     learning: LearningConfig = Field(default_factory=LearningConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     #: The cloud model the ledger's "had everything gone to the cloud" is priced with.
     counterfactual_model: str = DEFAULT_COUNTERFACTUAL_MODEL
 
@@ -226,8 +228,8 @@ def _request_costs(req: TaskRequest, e: Entry, cfg: RouterConfig) -> tuple[float
     return joules, joules / 3.6e6 * cfg.cloud_g_per_kwh, cost, price is not None
 
 
-def _candidate(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, score: float, escalated: bool,
-               prior_k: float) -> Candidate:
+def _candidate(req: TaskRequest, e: Entry, live: Live, quality: float, cfg: RouterConfig, score: float,
+               escalated: bool, prior_k: float) -> Candidate:
     """A candidate of the returned chain; its reasons are written when read."""
     d, m, tier = e.device, e.model, e.tier
     joules, gco2, cost, priced = (_request_costs(req, e, cfg) if e.cloud or e.j_per_token
@@ -237,7 +239,9 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, score:
     def explain() -> tuple[str, ...]:
         reasons = ["escalation: nothing the policy prefers can do it in the budget"] if escalated else []
         reasons += [f"{tier.value} {m.runtime} model, p95 {live.p95:.0f} ms of {budget:.0f} ms budget",
-                    f"{joules:.3g} J, {gco2:.3g} gCO2, {cost:.4g} money, quality {live.quality:.2f}"]
+                    f"{joules:.3g} J, {gco2:.3g} gCO2, {cost:.4g} money, quality {quality:.2f}"
+                    + (f" for this request (the model's {live.quality:.2f} in general)" if quality != live.quality
+                       else "")]
         notes = _learned_note(live, prior_k)
         if notes:
             reasons += notes
@@ -250,7 +254,7 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, cfg: RouterConfig, score:
         if d.energy_mode == "prefer_small" and tier.rank > Tier.small.rank:
             reasons.append("device prefers small models (battery below 50 %)")
         return tuple(reasons)
-    return Candidate(d.id, m.name, m.runtime, tier, live.p50, live.p95, joules, gco2, cost, live.quality, score,
+    return Candidate(d.id, m.name, m.runtime, tier, live.p50, live.p95, joules, gco2, cost, quality, score,
                      live.p95 <= budget, explain, m.max_concurrency)
 
 
@@ -317,12 +321,21 @@ def _de_escalate(req: TaskRequest, min_tier: Tier, stats: StatsSnapshot) -> tupl
     return min_tier, ""
 
 
-def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
-          stats: StatsSnapshot | None = None) -> RouteDecision:
+def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig, stats: StatsSnapshot | None = None,
+          predicted: Mapping[str, float] | None = None) -> RouteDecision:
+    """``predicted``: the per-prompt predictor's chance that each model answers this request well
+    (hub/router/predict.py), worked out once per request by the caller. A model it names is
+    scored on that chance instead of its announced quality, and the text cues' minimum tier no
+    longer excludes anything (the predictor has learned what the cues guess); a model it does not
+    name keeps its announced quality."""
     policy = cfg.policy
     stats = stats or _NO_STATS
-    complexity = estimate_complexity(req)
-    min_tier, de_escalation = _de_escalate(req, complexity.min_tier, stats)
+    if predicted:
+        complexity, min_tier, de_escalation = Complexity(Tier.tiny), Tier.tiny, ""
+    else:
+        complexity = estimate_complexity(req)
+        min_tier, de_escalation = _de_escalate(req, complexity.min_tier, stats)
+        predicted = None
     min_rank = min_tier.rank
     target = max(req.quality_floor, cfg.quality_good_enough)
     floor, local_only, requester = req.quality_floor, req.local_only, req.requester
@@ -335,7 +348,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
     # (over budget, score, p95, n) for every candidate; reasons in words are written only for
     # the chain that is returned (a 1,000-device fleet has thousands of candidates).
     scored: list[tuple[bool, float, float, int]] = []
-    entries: list[tuple[Entry, Live, bool]] = []
+    entries: list[tuple[Entry, Live, float, bool]] = []
     held_back: list[tuple[Entry, Live]] = []  # what a rule-based policy keeps for escalation
     floors: set[str] = set()
     for e in fleet.by_task.get(task, ()):
@@ -376,21 +389,27 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
         if why:
             excluded.append(Exclusion(d.id, e.model.name, why))
             continue
-        scored.append(score_of(e, live, len(entries)))
-        entries.append((e, live, False))
+        quality = live.quality if predicted is None else predicted.get(e.model.name, live.quality)
+        scored.append(score_of(e, live, quality, len(entries)))
+        entries.append((e, live, quality, False))
     if held_back and (not scored if always_cloud else not any(not s[0] for s in scored)):
         # Nothing the policy prefers fits (always-cloud: no cloud model does the task; the rule
         # policies: nothing local meets the budget): the held-back layer is allowed after all.
         for e, live in held_back:
-            scored.append(score_of(e, live, len(entries)))
-            entries.append((e, live, True))
+            quality = live.quality if predicted is None else predicted.get(e.model.name, live.quality)
+            scored.append(score_of(e, live, quality, len(entries)))
+            entries.append((e, live, quality, True))
         escalated = {(e.device.id, e.model.name) for e, _ in held_back}
         excluded = [x for x in excluded if (x.device_id, x.model) not in escalated]
     head = heapq.nsmallest(cfg.chain_length, scored)
-    chain = tuple(_candidate(req, entries[i][0], entries[i][1], cfg, score, entries[i][2], stats.config.prior_outcomes)
-                  for _over, score, _p95, i in head)
+    chain = tuple(_candidate(req, entries[i][0], entries[i][1], entries[i][2], cfg, score, entries[i][3],
+                             stats.config.prior_outcomes) for _over, score, _p95, i in head)
     reasons = [f"policy {policy}; minimum tier {min_tier.value}"
                + (f" ({', '.join(complexity.cues)})" if complexity.cues else "")]
+    if predicted is not None:
+        best = sorted(predicted.items(), key=lambda kv: -kv[1])[:4]
+        reasons.append("per-prompt predictor, chance of a good answer: "
+                       + ", ".join(f"{m} {p:.2f}" for m, p in best) + (" …" if len(predicted) > 4 else ""))
     if de_escalation:
         reasons.append(de_escalation)
     if chain:
@@ -405,19 +424,19 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig,
 
 
 def _scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
-            target: float) -> Callable[[Entry, Live, int], tuple[bool, float, float, int]]:
+            target: float) -> Callable[[Entry, Live, float, int], tuple[bool, float, float, int]]:
     """The sort key of a candidate for this request: over budget last, then by score (lower is
     better). What depends only on the request and the config is worked out here, once."""
     budget = req.budget_ms
     w_fail = cfg.weight_failure
     if policy == "local-first":
-        def local_first(e: Entry, live: Live, n: int) -> tuple[bool, float, float, int]:
+        def local_first(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
             # The smallest capable layer first, then the fastest.
             p95 = live.p95
             return p95 > budget, e.rank + p95 / budget / 10 + w_fail * (1.0 - live.success_rate), p95, n
         return local_first
     if policy == "seed-rules":
-        def seed_rules(e: Entry, live: Live, n: int) -> tuple[bool, float, float, int]:
+        def seed_rules(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
             # A rule table: the energy mode names a layer ("at solar peak run medium models");
             # the layer closest to it below wins, then the fastest.
             p95 = live.p95
@@ -425,17 +444,17 @@ def _scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
             return p95 > budget, abs(cap - e.rank) + p95 / budget / 10 + w_fail * (1.0 - live.success_rate), p95, n
         return seed_rules
     if policy == "always-cloud":
-        def always_cloud(e: Entry, live: Live, n: int) -> tuple[bool, float, float, int]:
+        def always_cloud(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
             p95 = live.p95
             return p95 > budget, p95 / budget + w_fail * (1.0 - live.success_rate), p95, n
         return always_cloud
     w_quality, w_latency = cfg.weight_quality, cfg.weight_latency / budget
     w_carbon, w_money = cfg.weight_carbon / cfg.carbon_ref_g, cfg.weight_money / cfg.money_ref
 
-    def sovereign(e: Entry, live: Live, n: int) -> tuple[bool, float, float, int]:
+    def sovereign(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
         p95 = live.p95
         gco2, cost = _request_costs(req, e, cfg)[1:3] if e.cloud or e.j_per_token else (e.gco2, e.cost)
-        shortfall = target - live.quality
+        shortfall = target - quality
         score = (w_latency * p95 + w_carbon * gco2 + w_money * cost + w_fail * (1.0 - live.success_rate)
                  + (w_quality * shortfall if shortfall > 0.0 else 0.0))
         over = p95 > budget

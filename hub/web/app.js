@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 50; // devices per page: 1,000 devices stay responsive
-const state = { devices: new Map(), page: 0, filter: "", session: null, feed: 0 };
+const state = { devices: new Map(), page: 0, filter: "", session: null, feed: 0, rateable: new Set() };
 let token = localStorage.getItem("sovereign-token") || "";
 
 function esc(v) {
@@ -90,6 +90,10 @@ function addTask(t) {
     · ${num(t.latency_ms, 1)} ms · ${num(t.joules, 3)} J · ${Number(t.gco2 || 0).toExponential(1)} gCO2 · $${Number(t.cost || 0).toFixed(6)}
     ${(t.attempts || []).length > 1 && !t.votes ? ` · <b>escalated after ${t.attempts.length - 1} failure(s)</b>` : ""}
     <div class="why">${esc((t.reasons || []).slice(-2).join(" · "))}</div>`;
+  if (t.ok && by.device !== "hub" && state.rateable.has(t.task)) {
+    // A person's verdict is an outcome the router learns from (POST /api/feedback/{id}).
+    li.insertAdjacentHTML("beforeend", `<span class="rate" data-testid="rate"><button data-rate="up" title="a good answer" aria-label="good answer">👍</button><button data-rate="down" title="a wrong or poor answer" aria-label="poor answer">👎</button></span>`);
+  }
   $("feed").prepend(li);
   while ($("feed").children.length > 50) $("feed").lastChild.remove();
 }
@@ -108,6 +112,20 @@ $("dry-run").addEventListener("click", async () => {
   $("task-result").textContent = status === 200 ? [`→ ${doc.chosen ? `${doc.chosen.model} on ${doc.chosen.device}` : "no device"}`, ...doc.reasons,
     ...doc.excluded.slice(0, 6).map((e) => `✗ ${e.device}${e.model ? "/" + e.model : ""}: ${e.reason}`)].join("\n")
     : `error ${status}: ${doc.error?.message}`;
+});
+
+async function loadRateable() {
+  const { status, doc } = await api("GET", "/api/feedback");
+  if (status === 200) state.rateable = new Set(doc.tasks);
+}
+$("feed").addEventListener("click", async (ev) => {
+  const b = ev.target.closest("button[data-rate]");
+  if (!b) return;
+  const li = b.closest("li"), span = b.parentElement;
+  span.querySelectorAll("button").forEach((x) => { x.disabled = true; });
+  const { status, doc } = await api("POST", `/api/feedback/${encodeURIComponent(li.dataset.id)}`, { rating: b.dataset.rate });
+  if (status === 200) span.textContent = `rated ${doc.rating === "up" ? "👍" : "👎"}: ${doc.outcomes} outcomes of ${doc.model} learned`;
+  else { span.querySelectorAll("button").forEach((x) => { x.disabled = status !== 409; }); notice(doc.error?.message || `error ${status}`); }
 });
 
 // -- costs and rules --------------------------------------------------------------------------
@@ -200,11 +218,11 @@ $("token-form").addEventListener("submit", (ev) => {
   token = $("token").value.trim();
   localStorage.setItem("sovereign-token", token);
   notice("");
-  refreshCosts(); refreshRules();
+  refreshCosts(); refreshRules(); loadRateable();
 });
 $("device-filter").addEventListener("input", (ev) => { state.filter = ev.target.value; state.page = 0; queueRender(); });
 $("prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); queueRender(); });
 $("next").addEventListener("click", () => { state.page++; queueRender(); });
-connect();
+loadRateable().then(connect);
 refreshCosts(); refreshRules();
 setInterval(() => { refreshCosts(); refreshRules(); }, 10000);
