@@ -174,7 +174,7 @@ def run_policy(policy: str, fleet: FleetFile, trace: list[TraceTask], carbon: Se
     return run_virtual(_replay(policy, fleet, trace, carbon, solar, start, seed, thresholds or ModeThresholds()))
 
 
-def _site_at(fleet: FleetFile, carbon: Series, solar: Series | None,
+def site_at(fleet: FleetFile, carbon: Series, solar: Series | None,
              thresholds: ModeThresholds) -> Any:
     solar_max = max(solar.values) if solar else 0.0
 
@@ -208,7 +208,7 @@ def simulate(fleet_path: Path, trace_path: Path, carbon_path: Path, solar_path: 
         idle.append((home.idle.joules, home.idle.gco2, home.idle.cost))
     router = RouterConfig(cloud_prices=fleet.cloud_prices, cloud_g_per_kwh=fleet.cloud_g_per_kwh,
                           cloud_j_per_token=fleet.cloud_j_per_token)
-    bound = oracle_bound(fleet, trace, t0, _site_at(fleet, carbon, solar, thresholds), router,
+    bound = oracle_bound(fleet, trace, t0, site_at(fleet, carbon, solar, thresholds), router,
                          min(idle, default=(0.0, 0.0, 0.0)), thresholds)
     for summary in out.values():
         summary["gap_to_oracle"] = _gap(summary, bound)
