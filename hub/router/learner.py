@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,11 +46,19 @@ class PromptEstimate:
 
 @dataclass(slots=True)
 class _Answered:
+    """An answer that can still be rated. Its features are kept as two flat arrays, ~1 KB: as
+    a tuple of pairs they took ~16 KB, and thousands are remembered."""
+
     task: str
     model: str
-    features: Features
+    buckets: array
+    values: array
     at: float
     rating: Rating | None = None
+
+    @property
+    def features(self) -> Features:
+        return tuple(zip(self.buckets, self.values))
 
 
 class FeedbackError(Exception):
@@ -107,7 +116,9 @@ class PromptLearner:
 
     def answered(self, request_id: str, task: str, model: str, estimate: PromptEstimate, at: float) -> None:
         """Remember who answered a request, for its feedback (features only, never the text)."""
-        self._answered[request_id] = _Answered(task, model, estimate.features, at)
+        f = estimate.features
+        self._answered[request_id] = _Answered(task, model, array("l", [b for b, _ in f]),
+                                               array("f", [v for _, v in f]), at)
         self._answered.move_to_end(request_id)
         while len(self._answered) > self.cfg.remember_requests:
             self._answered.popitem(last=False)

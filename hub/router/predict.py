@@ -50,15 +50,17 @@ class PredictorConfig(BaseModel):
     buckets_log2: int = Field(default=20, ge=8, le=24)
     learning_rate: float = Field(default=0.1, gt=0)  # AdaGrad base rate
     l2: float = Field(default=1e-6, ge=0)
-    #: Bounds memory: once a (task, model) has this many weights, features it has not seen yet
-    #: are ignored by learn() (those already present keep learning).
-    max_features_per_model: int = Field(default=200_000, ge=1000)
+    #: Bounds memory (~140 bytes a weight: 50,000 are ~7 MB per task and model): once a (task,
+    #: model) has this many weights, features it has not seen yet are ignored by learn() (those
+    #: already present keep learning). On MMLU-Pro, 2,240 questions give ~126,000 features;
+    #: keeping the first 50,000 cost 0.002-0.005 of AUC (benchmarks/routing_quality.py).
+    max_features_per_model: int = Field(default=50_000, ge=1000)
     #: The tasks whose answers depend on the prompt's difficulty (the live hub learns these).
     tasks: list[str] = Field(default_factory=lambda: ["qa", "summarize", "draft", "code", "reason"])
     #: A person's thumbs up or down counts as this many outcomes.
     feedback_weight: float = Field(default=3.0, gt=0, le=100)
     #: Answers remembered for feedback (their features, not their text), and for how long.
-    remember_requests: int = Field(default=10_000, ge=1, le=1_000_000)
+    remember_requests: int = Field(default=2_000, ge=1, le=100_000)
     feedback_within_s: float = Field(default=7 * 86400, gt=0)
     #: The learned state is written to the hub's SQLite at most this often (and at stop).
     save_every_s: float = Field(default=60.0, gt=0)
