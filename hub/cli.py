@@ -517,6 +517,12 @@ def _cmd_task(args: argparse.Namespace) -> int:
     if not infer:
         print(format_decision(doc))
         return 0
+    if not doc.get("ok", True):
+        # Streamed text stopped short: the lines above are not a whole answer, and the exit says so.
+        err = doc.get("error") or {}
+        print(f"error ({err.get('code', 'failed')}): {err.get('message', 'no answer')}"
+              + (" — the text above is incomplete" if args.stream else ""), file=sys.stderr)
+        return 1
     if not (args.stream):
         print(doc["output"] if isinstance(doc["output"], str) else json.dumps(doc["output"]))
     by = doc.get("served_by") or {}

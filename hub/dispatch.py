@@ -42,7 +42,7 @@ from .router.request import Attempt, InferOutcome, InferRequest, RequestError
 from .router.route import RouterConfig, cloud_counterfactual, route
 from .router.rules import RuleBook
 from .router.stats import Outcome, StatsStore
-from .rpc import BACKPRESSURE_ERRORS, CALLER_ERRORS, OnChunk, RpcErrorBody, RpcResponse
+from .rpc import BACKPRESSURE_ERRORS, CALLER_ERRORS, MAX_TIMEOUT_MS, OnChunk, RpcErrorBody, RpcResponse
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +172,7 @@ class Dispatcher:
             req = req.model_copy(update={"id": uuid.uuid4().hex[:16]})
         clock = self.clock
         started = clock.monotonic()
-        # With no timeout of its own, a request may take at least its latency budget.
-        timeout_s = req.timeout_ms / 1000 if req.timeout_ms else max(self.cfg.default_timeout_ms, req.budget_ms) / 1000
-        if req.deadline is not None and req.timeout_ms is None:
-            # Deferrable work may wait for its window: the deadline bounds it, not the default.
-            timeout_s = max(timeout_s, req.deadline - clock.time())
+        timeout_s = self._timeout_s(req)
         self.counts["requests"] += 1
         try:
             async with asyncio.timeout(timeout_s):
@@ -196,6 +192,14 @@ class Dispatcher:
         log.info("task %s %s: %s via %s in %.1f ms", req.id, req.task, "ok" if out.ok else out.error,
                  out.served_by, out.latency_ms)
         return out
+
+    def _timeout_s(self, req: InferRequest) -> float:
+        """The whole request's time limit: its own, else the default, and at least its latency
+        budget; deferrable work may wait for its window, so its deadline bounds it instead."""
+        timeout_s = req.timeout_ms / 1000 if req.timeout_ms else max(self.cfg.default_timeout_ms, req.budget_ms) / 1000
+        if req.deadline is not None and req.timeout_ms is None:
+            timeout_s = max(timeout_s, req.deadline - self.clock.time())
+        return timeout_s
 
     async def _infer(self, req: InferRequest, emit: OnChunk | None, started: float,
                      reply: ReplyRoute | None) -> InferOutcome:
@@ -465,8 +469,11 @@ class Dispatcher:
     async def _attempt(self, req: InferRequest, cand: Candidate, emit: OnChunk | None
                        ) -> tuple[dict[str, Any] | None, Attempt, RpcErrorBody | None]:
         timeout_s = max(self.cfg.min_attempt_ms, cand.p95_ms * self.cfg.attempt_timeout_factor) / 1000
+        # Streamed, the attempt's limit bounds each silence (hub/rpc_client.py), and the device may
+        # go on for as long as the whole request may: text that keeps coming is not cut.
+        device_ms = min(MAX_TIMEOUT_MS, self._timeout_s(req) * 1000) if emit is not None else timeout_s * 1000
         params: dict[str, Any] = {"task": req.task, "model": cand.model, "options": req.options,
-                                  "stream": emit is not None, "timeout_ms": timeout_s * 1000}
+                                  "stream": emit is not None, "timeout_ms": device_ms}
         for key in ("text", "data", "ref"):
             if getattr(req, key) is not None:
                 params[key] = getattr(req, key)

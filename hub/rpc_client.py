@@ -30,6 +30,9 @@ class _Pending:
     done: asyncio.Future[RpcResponse]
     on_chunk: OnChunk | None
     chunks: asyncio.Queue[RpcChunk | None] = field(default_factory=asyncio.Queue)
+    #: A streamed call's deadline, moved on by each chunk (RpcClient.call).
+    deadline: asyncio.Timeout | None = None
+    idle_s: float = 0.0
 
 
 def failed(request_id: str, code: str, message: str) -> RpcResponse:
@@ -67,6 +70,8 @@ class RpcClient:
         try:
             if isinstance(doc, dict) and doc.get("type") == "chunk":
                 pending.chunks.put_nowait(RpcChunk.model_validate(doc))
+                if pending.deadline is not None:
+                    pending.deadline.reschedule(asyncio.get_running_loop().time() + pending.idle_s)
                 return True
             resp = RpcResponse.model_validate(doc)
         except ValidationError as exc:
@@ -103,14 +108,20 @@ class RpcClient:
             if self.link is None or not await self.link.publish(self.topics.device(device_id, "rpc"), body, qos=1, properties=props):
                 return failed(rid, "unavailable", "not connected to the broker")
             try:
-                async with asyncio.timeout(timeout_s):  # not wait_for: see Hub._publish_energy
+                async with asyncio.timeout(timeout_s) as deadline:  # not wait_for: see Hub._publish_energy
+                    if on_chunk is not None:
+                        # Streamed: timeout_s bounds each silence (until the first chunk, between
+                        # chunks, after the last), not the whole answer: text that keeps coming
+                        # on a busy machine is not cut mid-sentence. The caller bounds the total.
+                        pending.deadline, pending.idle_s = deadline, timeout_s
                     resp = await asyncio.shield(pending.done)
             except TimeoutError:
                 # Tell the device to stop: its answer would arrive to nobody.
                 await self.link.publish(self.topics.device(device_id, "rpc"),
                                         RpcRequest(id=f"{call_id}.cancel", method="cancel",
                                                    params={"id": call_id}).model_dump_json(), qos=0)
-                return failed(rid, "timeout", f"{device_id} did not answer within {timeout_s * 1000:.0f} ms")
+                return failed(rid, "timeout", f"{device_id} did not answer within {timeout_s * 1000:.0f} ms"
+                              + (" of silence" if on_chunk is not None else ""))
             if forward is not None:
                 await forward
             return resp.model_copy(update={"id": rid})

@@ -3,9 +3,12 @@ MQTT 3.1.1 ``reply_to`` in the payload, and mosquitto_rr from mosquitto-clients.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import subprocess
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -148,3 +151,47 @@ async def test_measured_latency_is_advertised(mosquitto: Any, spawn_agent: Any, 
             assert resp.ok, resp
         await wait_for(lambda: advertised().p50 < 1, 30, what="re-announced latency")
         assert advertised().p95 >= advertised().p50
+
+
+async def test_a_streamed_answer_is_bounded_by_its_silences_not_its_length(mosquitto: Any, make_hub: Any) -> None:
+    """A device that streams steadily for longer than the call's limit is not cut mid-sentence
+    (a slow model on a busy machine); one that falls silent for that long is."""
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}) as hub:
+        device, q = _client(mosquitto.port, paho.MQTTv311)  # as the MicroPython firmware: ids, no properties
+        subscribed = threading.Event()
+        device.on_subscribe = lambda *_: subscribed.set()
+        device.subscribe("sovereign/device/streamer/rpc", qos=1)
+        assert await asyncio.to_thread(subscribed.wait, 30), "no SUBACK"
+
+        def serve(chunks: int, then_answer: bool) -> None:
+            req = json.loads(q.get(timeout=30).payload)
+            for i in range(chunks):
+                device.publish(req["reply_to"], json.dumps({"v": 1, "type": "chunk", "id": req["id"], "seq": i,
+                                                            "chunk": f"w{i} "}), qos=1)
+                time.sleep(0.1)  # the device's pace: well inside the 2 s silence allowed
+            if then_answer:
+                device.publish(req["reply_to"], json.dumps({"v": 1, "id": req["id"], "ok": True, "chunks": chunks,
+                                                            "result": {"output": "done"}}), qos=1)
+
+        try:
+            for chunks, answers in ((40, True), (3, False)):
+                got: list[str] = []
+
+                async def on_chunk(text: str) -> None:
+                    got.append(text)
+
+                served = asyncio.create_task(asyncio.to_thread(serve, chunks, answers))
+                t0 = time.monotonic()
+                resp = await hub.rpc.call("streamer", "infer", {"task": "qa", "text": "go"}, 2.0, on_chunk=on_chunk)
+                took = time.monotonic() - t0
+                await served
+                assert len(got) == chunks and got[0] == "w0 "
+                if answers:
+                    assert resp.ok and resp.result == {"output": "done"}, resp
+                    assert took > 2.0, "longer than the limit, and not cut: the limit is on silences"
+                else:
+                    assert not resp.ok and resp.error is not None and resp.error.code == "timeout"
+                    assert "of silence" in resp.error.message
+        finally:
+            device.loop_stop()
+            device.disconnect()

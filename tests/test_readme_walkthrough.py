@@ -83,7 +83,7 @@ def test_the_readme_walkthrough_against_the_demo(tmp_path: Path) -> None:
         stream = next(c for c in results if "--stream" in c)
         assert results[stream].stdout.strip(), "a streamed answer is printed"
         again = run(stream, env)  # asked again, it comes from the cache: streamed all the same
-        assert again.stdout.strip() == results[stream].stdout.strip(), again.stderr
+        assert again.stdout.strip() == results[stream].stdout.strip(), f"{results[stream].stderr}\n{again.stderr}"
         health = json.loads(next(r for c, r in results.items() if c.startswith("curl")).stdout)
         assert health["status"] == "ok" and health["pairing"]["paired"] == 4 and not health["security_warnings"]
 
