@@ -71,6 +71,10 @@ def test_the_router_scores_each_model_on_its_chance_for_this_prompt() -> None:
     # … and that it fails at it: the larger model, as the cues said, now from the prediction.
     doubt = route(req, two_tiers(), cfg, predicted={"small-lm": 0.10, "big-lm": 0.90})
     assert doubt.chosen is not None and doubt.chosen.model == "big-lm"
+    # The rule-based policies are baselines: they keep their rules.
+    rules = route(req, two_tiers(), RouterConfig(policy="local-first"), predicted={"small-lm": 0.95})
+    assert any("below the task's minimum" in x.reason for x in rules.excluded)
+    assert "per-prompt" not in " ".join(rules.reasons)
     # A model the predictor does not name keeps its announced quality.
     partial = route(req, two_tiers(), cfg, predicted={"small-lm": 0.10})
     assert [c.quality for c in partial.chain if c.model == "big-lm"] == [0.80]

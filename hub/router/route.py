@@ -324,13 +324,14 @@ def _de_escalate(req: TaskRequest, min_tier: Tier, stats: StatsSnapshot) -> tupl
 def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig, stats: StatsSnapshot | None = None,
           predicted: Mapping[str, float] | None = None) -> RouteDecision:
     """``predicted``: the per-prompt predictor's chance that each model answers this request well
-    (hub/router/predict.py), worked out once per request by the caller. A model it names is
-    scored on that chance instead of its announced quality, and the text cues' minimum tier no
-    longer excludes anything (the predictor has learned what the cues guess); a model it does not
-    name keeps its announced quality."""
+    (hub/router/predict.py), worked out once per request by the caller. Under the sovereign
+    policy a model it names is scored on that chance instead of its announced quality, and the
+    text cues' minimum tier no longer excludes anything (the predictor has learned what the cues
+    guess); a model it does not name keeps its announced quality. The rule-based policies are
+    baselines and keep their rules."""
     policy = cfg.policy
     stats = stats or _NO_STATS
-    if predicted:
+    if predicted and policy == "sovereign":
         complexity, min_tier, de_escalation = Complexity(Tier.tiny), Tier.tiny, ""
     else:
         complexity = estimate_complexity(req)
