@@ -107,7 +107,7 @@ class PromptLearner:
             return None
         assert text is not None
         features = self.predictor.features(text)
-        return PromptEstimate(features, self.predictor.estimate(task, features) if self.cfg.enabled else {})
+        return PromptEstimate(features, self.predictor.estimate(task, features))  # {} when disabled
 
     def learn(self, task: str, model: str, features: Features, good: float, weight: float = 1.0) -> None:
         self.predictor.learn(task, model, features, good, weight)
