@@ -8,6 +8,7 @@ reported instead of silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -171,6 +172,52 @@ class Hardware(_Strict):
     accelerator: Accelerator | None = None
 
 
+MAC_PATTERN = r"^[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}$"
+#: What a hub may publish to wake a device through a smart plug: a concrete topic, no wildcards.
+SWITCH_TOPIC_PATTERN = r"^[^#+\x00]{1,256}$"
+
+
+class WakeMethod(_Strict):
+    """How the hub wakes the device once it sleeps (hub/power/signals.py).
+
+    ``wol``: Wake-on-LAN magic packets (UDP) to ``broadcast`` on ``ports``. ``ha_switch``: the
+    hub publishes ``payload_on`` to ``command_topic``, the command topic of the smart plug's
+    switch in Home Assistant's MQTT (a zigbee2mqtt or Tasmota plug, say); the hub publishes only
+    to topics its ``power.switch_topics`` allows. ``none``: the device cannot be woken by the
+    hub, so it is never put to sleep."""
+
+    kind: Literal["wol", "ha_switch", "none"] = "none"
+    mac: str | None = Field(default=None, pattern=MAC_PATTERN)
+    #: A LAN address only (private, link-local or loopback, or 255.255.255.255): a device may
+    #: not make the hub send packets anywhere else.
+    broadcast: str = "255.255.255.255"
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=lambda: [9, 7], min_length=1,
+                                                                 max_length=4)
+    command_topic: str | None = Field(default=None, pattern=SWITCH_TOPIC_PATTERN)
+    payload_on: str = Field(default="ON", min_length=1, max_length=64)
+
+    @field_validator("broadcast")
+    @classmethod
+    def _lan_address(cls, v: str) -> str:
+        try:
+            addr = ipaddress.IPv4Address(v)
+        except ValueError:
+            raise ValueError(f"broadcast {v!r} is not an IPv4 address") from None
+        if addr.is_unspecified or not (addr.is_private or addr.is_link_local or addr.is_loopback
+                                       or v == "255.255.255.255"):
+            raise ValueError(f"broadcast {v} is not a LAN address (private, link-local, loopback or "
+                             f"255.255.255.255): the hub sends wake packets only on the home's network")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> "WakeMethod":
+        if self.kind == "wol" and self.mac is None:
+            raise ValueError("wake kind wol needs the mac of the network card to wake")
+        if self.kind == "ha_switch" and self.command_topic is None:
+            raise ValueError("wake kind ha_switch needs the switch's command_topic")
+        return self
+
+
 class Power(_Strict):
     source: PowerSource
     battery_pct: float | None = Field(default=None, ge=0, le=100)
@@ -179,6 +226,27 @@ class Power(_Strict):
     active_w: float | None = Field(default=None, ge=0, le=100_000)
     #: Below this charge the device serves only its own tasks (the router never drains it).
     battery_floor_pct: float = Field(default=20, ge=0, le=100)
+    #: Power states (issue 16). Draw while asleep (suspend to RAM: a desktop 1-3 W).
+    sleep_w: float | None = Field(default=None, ge=0, le=100_000)
+    #: From the wake signal to online with its models loaded; the agent measures it each time it
+    #: comes back and the hub keeps what it observes itself.
+    wake_latency_ms: float | None = Field(default=None, ge=0, le=3_600_000)
+    #: Energy of one wake (resume and model loading); when absent, active_w x wake latency.
+    wake_j: float | None = Field(default=None, ge=0, le=10_000_000)
+    wake: WakeMethod = WakeMethod()
+    #: The device sleeps when the hub asks (RPC ``sleep``) and only after this many seconds
+    #: without work; None: it does not sleep (no sleep command configured).
+    allow_sleep_after_s: float | None = Field(default=None, ge=0, le=86_400)
+
+    @property
+    def can_sleep(self) -> bool:
+        """Both halves: it goes to sleep when asked, and the hub has a way to wake it."""
+        return self.allow_sleep_after_s is not None and self.wake.kind != "none"
+
+    def wake_energy_j(self) -> float:
+        if self.wake_j is not None:
+            return self.wake_j
+        return (self.active_w or self.idle_w or 0.0) * (self.wake_latency_ms or 0.0) / 1000
 
 
 class LatencyMs(_Strict):

@@ -76,6 +76,9 @@ class DeviceRecord:
     offline_reason: str = "not seen since the hub started"
     energy: EnergyReport | None = None
     energy_at: float | None = None
+    #: Announced ``sleeping`` before its link dropped (hub/power): offline, not gone, and woken
+    #: by the hub when work needs it. Cleared when it is heard again or says ``offline``.
+    sleeping: bool = False
 
     @property
     def id(self) -> str:
@@ -88,6 +91,7 @@ class DeviceRecord:
             "tier": self.capability.tier.value,
             "online": self.online,
             "offline_reason": None if self.online else self.offline_reason,
+            "power_state": "sleeping" if self.sleeping else "awake" if self.online else None,
             "sources": sorted(self.sources),
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
@@ -108,7 +112,7 @@ class DeviceRegistry:
         self.is_paired: Callable[[str], bool] = lambda _device_id: False
         self._devices: dict[str, DeviceRecord] = {}
         #: liveness heard before the announcement (retained messages arrive in any order)
-        self._pending_liveness: dict[str, tuple[str, bool, float]] = {}
+        self._pending_liveness: dict[str, tuple[str, bool, float, bool]] = {}
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._db: sqlite3.Connection | None = None
@@ -243,19 +247,28 @@ class DeviceRegistry:
         if live:
             changed = self._set_source(rec, source, True, at, "announced", added=added)
         elif pending is not None:
+            rec.sleeping = pending[3]
             changed = self._set_source(rec, pending[0], pending[1], pending[2], "status before announcement",
                                        added=added)
         if not changed:
             self._bus.publish(DeviceChanged(cap.id, added=added, online=rec.online))
 
-    def liveness(self, device_id: str, source: str, online: bool, at: float | None = None, reason: str = "") -> None:
+    def liveness(self, device_id: str, source: str, online: bool, at: float | None = None, reason: str = "",
+                 sleeping: bool = False) -> None:
+        """``sleeping``: the device said it is going to sleep (offline, and wakeable)."""
         at = time.time() if at is None else at
         rec = self._devices.get(device_id)
         if rec is None:
-            self._pending_liveness[device_id] = (source, online, at)
+            self._pending_liveness[device_id] = (source, online, at, sleeping)
             return
         rec.sources.setdefault(source, False)
-        self._set_source(rec, source, online, at, reason or ("online" if online else "offline"))
+        was = rec.sleeping
+        if source == AUTHORITATIVE_SOURCE:
+            rec.sleeping = sleeping and not online
+        if not self._set_source(rec, source, online, at, reason or ("online" if online else "offline")) \
+                and was != rec.sleeping:
+            self._dirty.add(rec.id)
+            self._bus.publish(DeviceChanged(device_id, online=rec.online, reason=reason))
 
     def heartbeat(self, device_id: str, report: EnergyReport, at: float | None = None) -> bool:
         """An energy report. Returns False when the device has not announced itself."""
@@ -266,6 +279,7 @@ class DeviceRegistry:
         rec.energy = report
         rec.energy_at = at
         self._dirty.add(device_id)
+        rec.sleeping = False
         changed = self._set_source(rec, AUTHORITATIVE_SOURCE, True, at, "heartbeat")
         if not changed:
             self._bus.publish(DeviceChanged(device_id, online=rec.online))
@@ -294,7 +308,7 @@ class DeviceRegistry:
             if rec.sources.get(AUTHORITATIVE_SOURCE) and seen is not None and now - seen > heartbeat_timeout_s:
                 self._set_source(rec, AUTHORITATIVE_SOURCE, False, now,
                                  f"no message for {now - seen:.0f} s (heartbeat timeout {heartbeat_timeout_s:g} s)")
-            if not rec.online and now - rec.last_seen > forget_after_s:
+            if not rec.online and not rec.sleeping and now - rec.last_seen > forget_after_s:
                 forgotten.append(rec.id)
                 self.remove(rec.id, f"offline for more than {forget_after_s:g} s")
         return forgotten

@@ -55,11 +55,14 @@ class MqttDiscovery:
             self._energy(topic, device_id, payload, at)
 
     def _status(self, topic: str, device_id: str, payload: bytes, at: float) -> None:
-        if payload not in (b"online", b"offline"):
-            self.rejections.reject(f"topic {topic!r}", f"status must be 'online' or 'offline', got {payload[:40]!r}")
+        if payload not in (b"online", b"offline", b"sleeping"):
+            self.rejections.reject(f"topic {topic!r}",
+                                   f"status must be 'online', 'offline' or 'sleeping', got {payload[:40]!r}")
             return
         online = payload == b"online"
-        self.registry.liveness(device_id, "mqtt", online, at, "online" if online else "status offline (last will or clean stop)")
+        why = {b"online": "online", b"offline": "status offline (last will or clean stop)",
+               b"sleeping": "asleep: said so before its link dropped"}[payload]
+        self.registry.liveness(device_id, "mqtt", online, at, why, sleeping=payload == b"sleeping")
 
     def _announce(self, topic: str, device_id: str, payload: bytes, retained: bool, at: float) -> None:
         try:
