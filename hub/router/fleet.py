@@ -10,21 +10,34 @@ from ..registry import HINT_SOURCES, DeviceRecord
 from .model import DeviceView, FleetSnapshot
 
 
+#: A sleeping device that announced no wake latency is presumed this slow to come back.
+DEFAULT_WAKE_MS = 30_000.0
+
+
 def _anyone(_device_id: str) -> bool:
     return True
 
 
 def fleet_snapshot(records: list[DeviceRecord], energy: EnergySnapshot,
-                   trusted: Callable[[str], bool] = _anyone) -> FleetSnapshot:
+                   trusted: Callable[[str], bool] = _anyone, wakeable: Callable[[str], bool] = _anyone) -> FleetSnapshot:
     """Only trusted (paired) devices that are online through a source that proves identity: an
-    mDNS record alone is a hint that anyone on the LAN can forge."""
+    mDNS record alone is a hint that anyone on the LAN can forge. A sleeping device is offered
+    with its wake latency and energy when it announced a way to wake it and ``wakeable`` (its
+    last wake did not fail)."""
     views = []
     for rec in records:
-        if not rec.online or not trusted(rec.id) or not any(
-                on for source, on in rec.sources.items() if source not in HINT_SOURCES):
-            continue
         cap, report = rec.capability, rec.energy
+        asleep = rec.sleeping and cap.power.wake.kind != "none" and wakeable(rec.id)
+        if not trusted(rec.id) or not asleep and (not rec.online or not any(
+                on for source, on in rec.sources.items() if source not in HINT_SOURCES)):
+            continue
         power = energy.devices.get(rec.id)
+        wake_ms = wake_j = 0.0
+        if asleep:
+            # Waking it for one task costs the wake and the idle time before it may sleep again.
+            p = cap.power
+            wake_ms = p.wake_latency_ms if p.wake_latency_ms is not None else DEFAULT_WAKE_MS
+            wake_j = p.wake_energy_j() + (p.idle_w or 0.0) * (p.allow_sleep_after_s or 0.0)
         views.append(DeviceView(
             id=rec.id, tier=cap.tier, models=tuple(cap.models),
             power_source=(report.source if report else cap.power.source).value,
@@ -36,6 +49,7 @@ def fleet_snapshot(records: list[DeviceRecord], energy: EnergySnapshot,
             energy_mode=(power.mode.value if power else energy.mode.value),
             marginal_g_per_kwh=power.marginal_g_per_kwh if power else energy.site_marginal_g_per_kwh,
             marginal_price_per_kwh=power.marginal_price_per_kwh if power else energy.site_marginal_price_per_kwh,
+            asleep=asleep, wake_ms=wake_ms, wake_j=wake_j,
         ))
     return FleetSnapshot(now=energy.now, devices=tuple(views))
 

@@ -78,6 +78,11 @@ class DeviceView:
     energy_mode: str = "prefer_local"
     marginal_g_per_kwh: float | None = None
     marginal_price_per_kwh: float | None = None
+    #: Asleep, and the hub can wake it (hub/power): a call first waits ``wake_ms`` and costs
+    #: ``wake_j`` more (the wake, and the idle minutes before it may sleep again).
+    asleep: bool = False
+    wake_ms: float = 0.0
+    wake_j: float = 0.0
 
 
 @dataclass(slots=True)  # not frozen: one is made per candidate per decision, and frozen init costs 2x
@@ -117,6 +122,8 @@ class Entry:
     g_per_j: float
     price_per_j: float
     below_floor: bool  # on battery below its floor: serves only its own tasks
+    wake_ms: float  # 0 unless the device is asleep: then its announced wake latency
+    wake_j: float
     announced: Live  # what to use while nothing has been learned
     rank: int  # tier.rank, read once per candidate per decision
     tiny_only: bool  # a larger than tiny model on a device in tiny_only mode (its battery is low)
@@ -144,17 +151,20 @@ def _entry(d: DeviceView, m: ModelSpec, task: str) -> Entry:
     g_per_j = (d.marginal_g_per_kwh or 0.0) / 3.6e6
     price_per_j = (d.marginal_price_per_kwh or 0.0) / 3.6e6
     per_token = 0.0 if cloud else (m.energy_j_per_token or 0.0)
+    wake_ms, wake_j = (d.wake_ms, d.wake_j) if d.asleep else (0.0, 0.0)
     if not cloud and not per_token:
         joules = m.energy_j_per_call if m.energy_j_per_call is not None else (d.active_w or 0.0) * (p50 + queue) / 1000
+        joules += wake_j
         gco2 = joules * g_per_j
         cost = joules * price_per_j
+    p50, p95 = p50 + wake_ms, p95 + wake_ms
     below = (d.power_source == "battery" and not d.charging and d.battery_pct is not None
              and d.battery_pct < d.battery_floor_pct)
     tier = Tier.large if cloud else d.tier
     announced = m.quality_for(task)
     quality = announced if announced is not None else TIER_QUALITY[tier]
     return Entry(d, m, cloud, tier, quality, p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, per_token,
-                 g_per_j, price_per_j, below, Live(p50 + queue, p95 + queue, 1.0, quality), tier.rank,
+                 g_per_j, price_per_j, below, wake_ms, wake_j, Live(p50 + queue, p95 + queue, 1.0, quality), tier.rank,
                  tier is not Tier.tiny and d.energy_mode == "tiny_only")
 
 
@@ -198,6 +208,10 @@ class Candidate:
     explain: Callable[[], tuple[str, ...]] = field(repr=False, compare=False)
     #: The model's announced max_concurrency: the hub's slots for it (hub/dispatch.py).
     concurrency: int = 1
+    #: The device is asleep: the dispatcher wakes it first (``wake_ms`` of the latencies above
+    #: and ``wake_score`` of the score are the wake's).
+    wake_ms: float = 0.0
+    wake_score: float = 0.0
 
     @property
     def reasons(self) -> tuple[str, ...]:

@@ -220,7 +220,7 @@ def _request_costs(req: TaskRequest, e: Entry, cfg: RouterConfig) -> tuple[float
     if not e.cloud:
         # Generation dominates: prompt tokens go through ~50x faster than answer tokens (llama.cpp
         # on an RTX 4090, pp512 7,139 vs tg512 131 tokens/s), so only the answer is counted.
-        joules = tout * e.j_per_token
+        joules = tout * e.j_per_token + e.wake_j
         return joules, joules * e.g_per_j, joules * e.price_per_j, True
     joules = (tin + tout) * cfg.cloud_j_per_token
     price, _ = cfg.cloud_price(e.model.name)
@@ -249,13 +249,24 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, quality: float, cfg: Rout
             reasons.append("latency not measured yet: tier default")
         if e.queue_ms:
             reasons.append(f"{d.active_tasks} tasks running: +{e.queue_ms:.0f} ms queueing")
+        if e.wake_ms or e.wake_j:
+            reasons.append(f"asleep: waking it adds {e.wake_ms:.0f} ms and {e.wake_j:.3g} J (the wake and the "
+                           f"idle minutes before it may sleep again)")
         if not priced:
             reasons.append("no price for this cloud model (neither router.cloud_prices nor the built-in list)")
         if d.energy_mode == "prefer_small" and tier.rank > Tier.small.rank:
             reasons.append("device prefers small models (battery below 50 %)")
         return tuple(reasons)
+    wake_score = 0.0
+    if e.wake_ms or e.wake_j:
+        # The part of the score that is the wake's (sovereign's terms): what being awake would
+        # have saved, for the power planner's value of readiness (hub/power/plan.py).
+        wake_score = (cfg.weight_latency * e.wake_ms / budget + e.wake_j * (
+            cfg.weight_carbon * e.g_per_j / cfg.carbon_ref_g + cfg.weight_money * e.price_per_j / cfg.money_ref))
+        if live.p95 > budget >= live.p95 - e.wake_ms:
+            wake_score += 10.0
     return Candidate(d.id, m.name, m.runtime, tier, live.p50, live.p95, joules, gco2, cost, quality, score,
-                     live.p95 <= budget, explain, m.max_concurrency)
+                     live.p95 <= budget, explain, m.max_concurrency, e.wake_ms, wake_score)
 
 
 # -- the decision --------------------------------------------------------------------------------
@@ -273,7 +284,7 @@ def _blend(e: Entry, task: str, learned: Learned, cfg: LearningConfig, now: floa
     p50, p95, w_lat = e.p50, e.p95, 0.0
     if learned.n >= cfg.min_samples and learned.p95_ms is not None and learned.p50_ms is not None:
         w_lat = min(learned.n, cfg.window) * fade
-        q = e.queue_ms
+        q = e.queue_ms + e.wake_ms  # learned latencies are of calls: the queue and a wake come on top
         p50 = (w_lat * learned.p50_ms + k * (p50 - q)) / (w_lat + k) + q
         p95 = (w_lat * learned.p95_ms + k * (p95 - q)) / (w_lat + k) + q
     live = Live(p50, p95, learned.success_rate, quality, learned, w_lat, w_conf)
