@@ -55,6 +55,19 @@ class RpcCaller(Protocol):
                    request_id: str | None = None, on_chunk: OnChunk | None = None) -> RpcResponse: ...
 
 
+class PowerHooks(Protocol):
+    """The power manager as the dispatcher sees it (hub/power/manager.py): told what each
+    decision prefers and when calls run, asked to wake a sleeping candidate."""
+
+    def decided(self, req: TaskRequest, decision: RouteDecision, run_at: float | None) -> None: ...
+
+    def released(self, request_id: str) -> None: ...
+
+    def calls(self, device_id: str, delta: int) -> None: ...
+
+    async def wake(self, device_id: str, reason: str = ...) -> str | None: ...
+
+
 class Slots:
     """One (device, model)'s announced max_concurrency, held at the hub: calls beyond it wait
     here in order instead of being sent to a device that would refuse them ``busy``."""
@@ -133,7 +146,8 @@ class Dispatcher:
                  ledger: Ledger, rpc: RpcCaller, clock: Clock = SystemClock(), store: DeferredStore | None = None,
                  known_device: Callable[[str], bool] = lambda _id: True,
                  on_outcome: Callable[[InferOutcome], None] | None = None, hub_id: str = "",
-                 thresholds: ModeThresholds | None = None, learner: PromptLearner | None = None) -> None:
+                 thresholds: ModeThresholds | None = None, learner: PromptLearner | None = None,
+                 power: PowerHooks | None = None) -> None:
         self.cfg, self.router = cfg, router
         self.fleet, self.energy = fleet, energy
         self.stats, self.cache, self.rules, self.ledger = stats, cache, rules, ledger
@@ -141,6 +155,7 @@ class Dispatcher:
         self.known_device, self.on_outcome, self.hub_id = known_device, on_outcome, hub_id
         self.thresholds = thresholds or ModeThresholds()
         self.learner = learner
+        self.power = power
         self.deferred: dict[str, float] = {}  # request id -> run at
         self._written: set[str] = set()  # ids this process deferred: their outcomes go to the store
         self.counts: collections.Counter[str] = collections.Counter()
@@ -232,11 +247,20 @@ class Dispatcher:
         predicted = estimate.quality if estimate is not None else None
         decision = route(req, self.fleet(), self.router, self.stats.snapshot(), predicted)
         deferred_s = 0.0
+        power = self.power
+        run_at = None
         if req.deadline is not None and len(self.deferred) < self.cfg.max_deferred:
             plan = plan_deferral(req, decision, self.energy(), self.thresholds)
-            if plan.run_at > now() + 1:
-                deferred_s = await self._wait_until(req, plan.run_at, reply)
-                decision = route(req, self.fleet(), self.router, self.stats.snapshot(), predicted)
+            run_at = plan.run_at if plan.run_at > now() + 1 else None
+        if power is not None:
+            power.decided(req, decision, run_at)  # demand for readiness, or batch work to wake for
+        if run_at is not None:
+            try:
+                deferred_s = await self._wait_until(req, run_at, reply)
+            finally:
+                if power is not None:
+                    power.released(req.id)
+            decision = route(req, self.fleet(), self.router, self.stats.snapshot(), predicted)
         reasons = list(decision.reasons)
         if decision.chosen is None:
             return InferOutcome(req.id, req.task, False, error={"code": "no_route", "message": reasons[-1]},
@@ -478,7 +502,24 @@ class Dispatcher:
             if getattr(req, key) is not None:
                 params[key] = getattr(req, key)
         t0 = self.clock.monotonic()
-        resp = await self.rpc.call(cand.device_id, "infer", params, timeout_s + 0.02, request_id=req.id, on_chunk=emit)
+        power = self.power
+        if cand.wake_ms and power is not None:
+            # Asleep: woken first (shared with any other request waiting for it); one that does
+            # not come back is not the model's failure, and the next candidate is tried.
+            self.counts["waited_for_wake"] += 1
+            why = await power.wake(cand.device_id, f"request {req.id} ({req.task})")
+            if why is not None:
+                err = RpcErrorBody(code="unavailable", message=f"asleep and not woken: {why}")
+                return None, Attempt(cand.device_id, cand.model, cand.tier.value, False,
+                                     (self.clock.monotonic() - t0) * 1000, f"{err.code}: {err.message}"), err
+        if power is not None:
+            power.calls(cand.device_id, 1)
+        try:
+            resp = await self.rpc.call(cand.device_id, "infer", params, timeout_s + 0.02, request_id=req.id,
+                                       on_chunk=emit)
+        finally:
+            if power is not None:
+                power.calls(cand.device_id, -1)
         ms = (self.clock.monotonic() - t0) * 1000
         ok = resp.ok and resp.result is not None
         err = None if ok else resp.error or RpcErrorBody(code="internal", message="no result")

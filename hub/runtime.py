@@ -36,6 +36,8 @@ from .signals import enter_unless_stopped, stop_on_signals
 from .auth import AdminToken, Guard
 from .homeassistant import HomeAssistantDiscovery
 from .live import EnergyPublished, LiveFeed, TaskCompleted
+from .power.manager import PowerManager
+from .power.signals import WakeError, WakeSignals
 from .router.fleet import FleetView, device_energy_views, fleet_snapshot
 from .router.model import FleetSnapshot
 from .router.cache import ResultCache
@@ -151,7 +153,8 @@ class Hub:
             ha_prefix = cfg.homeassistant.prefix if cfg.homeassistant.enabled else None
             auth = BrokerAuth(
                 render=lambda: (self.trust.passwd_text({username: hub_hash}),
-                                self.trust.acl_text(self.topics.root, username, ha_prefix)),
+                                self.trust.acl_text(self.topics.root, username, ha_prefix,
+                                                    cfg.power.switch_topics)),
                 on_refusal=lambda who, why: self.rejections.reject(who, why, counter="mqtt_refused"))
             self.embedded_broker = await self._stack.enter_async_context(
                 EmbeddedBroker(cfg.broker, self.data_dir, auth))
@@ -171,8 +174,16 @@ class Hub:
             birth=Birth(self.topics.hub_status), subscriptions=[(f, DISCOVERY_QOS) for f in self.topics.discovery_filters],
         )
         self.rpc = RpcClient(self.topics, cfg.hub_id)
+        self.power = PowerManager(
+            cfg.power, cfg.router, records=self.registry.all, energy=self.energy_snapshot, rpc=self.rpc,
+            signals=WakeSignals(self._publish_switch, cfg.power.switch_topics, cfg.power.wol_repeats,
+                                cfg.power.wol_interval_ms / 1000),
+            trusted=self.pairing.is_trusted, on_change=lambda: self.fleet.changed())
+        self._stack.push_async_callback(self.power.aclose)
         self.fleet = FleetView(lambda: fleet_snapshot(self.registry.all(), self.energy_snapshot(),
-                                                      self.pairing.is_trusted), time.monotonic)
+                                                      self.pairing.is_trusted,
+                                                      lambda device_id: not self.power.wake_failed(device_id)),
+                               time.monotonic)
         self.deferred_store = deferred = DeferredStore(self.data_dir / "deferred.sqlite3")
         self._stack.callback(deferred.close)
         self.dispatcher = Dispatcher(
@@ -180,7 +191,7 @@ class Hub:
             cache=self.cache, rules=self.rules, ledger=self.ledger, rpc=self.rpc, store=deferred,
             known_device=lambda device_id: self.registry.get(device_id) is not None,
             on_outcome=self._task_finished, hub_id=cfg.hub_id, thresholds=cfg.energy.thresholds,
-            learner=self.learner)
+            learner=self.learner, power=self.power)
         self._stack.push_async_callback(self.dispatcher.aclose)
         self.commands = Commands(self)
         opts.subscriptions += [(self.commands.subscription, 1), (self.rpc.reply_topic, 1)]
@@ -234,6 +245,7 @@ class Hub:
 
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="registry housekeeping"))
         self._tasks.append(asyncio.create_task(self._publish_energy(), name="energy publisher"))
+        self._tasks.append(asyncio.create_task(self.power.run(), name="power planner"))
         # Everything allocated so far (modules, classes, config) lives as long as the hub: keep
         # it out of the cyclic collector's full scans, which otherwise paused an announce storm
         # for 50-180 ms; and collect the young generation every 50,000 allocations instead of
@@ -343,6 +355,14 @@ class Hub:
     def _device_liveness(self, event: DeviceChanged) -> None:
         if event.online_changed and not event.online:
             self.rpc.device_offline(event.device_id)
+        if event.online_changed:
+            self.power.observed(event.device_id, event.online)
+
+    async def _publish_switch(self, topic: str, payload: str) -> None:
+        """A smart plug's command (hub/power/signals.py): a broker that is down is a failed wake."""
+        if self.mqtt is None or not await self.mqtt.publish(topic, payload, qos=1, wait_s=5):
+            raise WakeError(f"switch command on {topic!r} not delivered: the broker is not connected "
+                            "or did not acknowledge it")
 
     async def _on_mqtt_connect(self, _link: MqttLink) -> None:
         if self.homeassistant is not None:

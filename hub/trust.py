@@ -215,8 +215,8 @@ class TrustStore:
         lines += [f"{user}:{h}" for user, h in (extra or {}).items()]
         return "\n".join(lines) + "\n"
 
-    def acl_text(self, root: str, hub_username: str, ha_prefix: str | None) -> str:
-        return acl_text(self.credentials(), root, hub_username, ha_prefix)
+    def acl_text(self, root: str, hub_username: str, ha_prefix: str | None, hub_writes: list[str] | None = None) -> str:
+        return acl_text(self.credentials(), root, hub_username, ha_prefix, hub_writes)
 
 
 def _check_filter(flt: str) -> None:
@@ -246,9 +246,14 @@ def role_grants(role: Role, name: str, root: str, ha_prefix: str | None) -> list
     return []
 
 
-def acl_text(creds: list[Credential], root: str, hub_username: str, ha_prefix: str | None) -> str:
+def acl_text(creds: list[Credential], root: str, hub_username: str, ha_prefix: str | None,
+             hub_writes: list[str] | None = None) -> str:
+    """``hub_writes``: further topics the hub publishes to (power.switch_topics: smart plugs)."""
+    for flt in hub_writes or ():
+        _check_filter(flt)
     blocks = [f"user {hub_username}\ntopic readwrite {root}/#\n"
-              + (f"topic readwrite {ha_prefix}/#\n" if ha_prefix else "")]
+              + (f"topic readwrite {ha_prefix}/#\n" if ha_prefix else "")
+              + "".join(f"topic write {t}\n" for t in hub_writes or ())]
     for cred in creds:
         grants = role_grants(cred.role, cred.name, root, ha_prefix)
         grants += [("write", t) for t in cred.publish] + [("read", t) for t in cred.subscribe]
