@@ -314,9 +314,11 @@ class MqttLink:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self) -> None:
+    async def close(self, say_offline: bool = True) -> None:
+        """``say_offline=False`` leaves the retained status as it is (an agent going to sleep
+        has just published ``sleeping``); the clean DISCONNECT keeps the will unsent either way."""
         self._closing = True
-        if self.connected.is_set() and self.opts.birth:
+        if say_offline and self.connected.is_set() and self.opts.birth:
             # A clean stop says so itself: the broker does not send the will on DISCONNECT.
             await self.publish(self.opts.birth.topic, self.opts.birth.offline, qos=1, retain=True, wait_s=2)
         task, self._task = self._task, None

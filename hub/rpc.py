@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .capability import PROTOCOL_VERSION, check_task_input, input_error, input_problem
 
-METHODS = ("health", "echo", "infer", "cancel")
+METHODS = ("health", "echo", "infer", "cancel", "sleep")
 #: Longest a single call may be given, on the wire (an hour: batch transcription on a laptop).
 MAX_TIMEOUT_MS = 3_600_000
 
@@ -68,6 +68,15 @@ class InferParams(BaseModel):
 class CancelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=128, description="The request to cancel")
+
+
+class SleepParams(BaseModel):
+    """``params`` of method ``sleep``: the hub asks an idle device to suspend (issue 16). The
+    device answers ``{"sleeping": true, "after_s": 0, "wake": <its WakeMethod>}``, or refuses
+    (``unavailable``: it has no sleep command; ``busy``: calls running, or not idle long enough)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=256, description="Why the hub asks, for the device's log")
 
 
 class InferAnswer(BaseModel):

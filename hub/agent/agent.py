@@ -23,18 +23,21 @@ from pydantic import ValidationError
 from zeroconf.asyncio import AsyncServiceInfo
 
 from .. import __version__
-from ..capability import PROTOCOL_VERSION, Capability, Endpoints, EnergyReport, LatencyMs, Load, ModelSpec, Power, Tier
+from ..capability import (PROTOCOL_VERSION, Capability, Endpoints, EnergyReport, LatencyMs, Load, ModelSpec, Power,
+                          Tier, WakeMethod)
 from ..config import BrokerUrl, TlsConfig, format_validation_error
 from ..mdns import SERVICE_TYPE, open_zeroconf
 from ..mqtt import Birth, Message, MqttLink, MqttOptions, publish_properties
 from ..ollama_models import list_ollama_models
-from ..rpc import CancelParams, InferParams, RpcChunk, RpcErrorBody, RpcRequest, RpcResponse, RpcTimings
+from ..rpc import (METHODS, CancelParams, InferParams, RpcChunk, RpcErrorBody, RpcRequest, RpcResponse, RpcTimings,
+                   SleepParams)
 from ..topics import Topics
 from .executors import ExecutorOptions, ExecutorSet
 from .executors.base import ExecError
 from .hardware import detect_hardware, detect_power
 from .infer import InferService
 from .profiles import PROFILES
+from .sleep import Sleeper, power_states
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,18 @@ class AgentOptions:
     seed: int | None = None
     #: Run a profile's simulated model for real where its runtime is installed.
     real_models: bool = False
+    #: Power states (hub/agent/sleep.py). A shell command that suspends the machine and returns
+    #: once it has resumed (``systemctl suspend``); None: the agent refuses RPC ``sleep``.
+    sleep_command: str | None = None
+    #: Seconds without work before it accepts to sleep (None: 300 with a sleep command).
+    allow_sleep_after_s: float | None = None
+    sleep_w: float | None = None
+    #: The estimate announced until a wake has been measured.
+    wake_latency_ms: float | None = None
+    wake_j: float | None = None
+    wake: WakeMethod = field(default_factory=WakeMethod)
+    #: Free the models before sleeping; they load again at their first call.
+    unload_on_sleep: bool = False
 
 
 def local_tflite_models(models_dir: Path | None) -> list[ModelSpec]:
@@ -135,6 +150,9 @@ class Agent:
         self._cancelled: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.mqtt: MqttLink | None = None
+        self.status_topic = self.topics.device(opts.device_id, "status")
+        self.sleeper = Sleeper(opts.sleep_command, opts.allow_sleep_after_s, opts.wake, opts.wake_latency_ms,
+                               opts.unload_on_sleep)
 
     async def build_capability(self) -> Capability:
         o = self.opts
@@ -151,6 +169,9 @@ class Agent:
             models = real_runtimes(models)
         if o.battery_pct is not None:
             power = power.model_copy(update={"battery_pct": o.battery_pct})
+        # What it announces about sleeping (hub/agent/sleep.py): only what its flags give.
+        power = power.model_copy(update=power_states(o.sleep_command, o.allow_sleep_after_s, o.sleep_w,
+                                                     o.wake_latency_ms, o.wake_j, o.wake))
         if o.models_dir is not None:
             models += local_tflite_models(o.models_dir)
         elif profile is None:
@@ -199,13 +220,9 @@ class Agent:
         await self._start_http()
         self.capability = await self.build_capability()
         if o.mqtt:
-            mqtt_opts = MqttOptions(
-                url=o.broker, client_id=f"sovereign-agent-{o.device_id}", username=o.username, password=o.password,
-                tls=o.tls, birth=Birth(self.topics.device(o.device_id, "status")),
-                subscriptions=[(self.topics.device(o.device_id, "rpc"), 1)],
-            )
-            self.mqtt = await self._stack.enter_async_context(
-                MqttLink(mqtt_opts, self._on_message, on_connect=self._announce))
+            # Not entered in the stack itself: the link is closed and opened again around a sleep.
+            self._stack.push_async_callback(self.close_mqtt)
+            await self.open_mqtt()
             self._spawn(self._heartbeats(), "heartbeats")
         if o.zeroconf:
             await self._start_zeroconf()
@@ -254,6 +271,30 @@ class Agent:
 
     # -- MQTT ----------------------------------------------------------------------------------
 
+    async def open_mqtt(self) -> None:
+        o = self.opts
+        mqtt_opts = MqttOptions(
+            url=o.broker, client_id=f"sovereign-agent-{o.device_id}", username=o.username, password=o.password,
+            tls=o.tls, birth=Birth(self.status_topic), subscriptions=[(self.topics.device(o.device_id, "rpc"), 1)],
+        )
+        self.mqtt = await MqttLink(mqtt_opts, self._on_message, on_connect=self._on_connect).__aenter__()
+
+    async def close_mqtt(self, say_offline: bool = True) -> None:
+        """``say_offline=False``: going to sleep, the retained ``sleeping`` must stay."""
+        link, self.mqtt = self.mqtt, None
+        if link is not None:
+            await link.close(say_offline)
+
+    async def _on_connect(self, link: MqttLink) -> None:
+        ms = self.sleeper.resumed_ms()
+        if ms is not None:  # back from a sleep: announce how long it took to be ready again
+            power = self.capability.power.model_copy(update={"wake_latency_ms": self.sleeper.wake_latency_ms(ms)})
+            self.capability = self.capability.model_copy(update={"power": power})
+        await self._announce(link)
+
+    async def unload_models(self) -> None:
+        await self.executors.aclose()  # executors (and their models) are created again on first use
+
     async def _announce(self, link: MqttLink) -> None:
         """After every (re)connect: the retained announcement, then an energy report at once."""
         topic = self.topics.device(self.opts.device_id, "announce")
@@ -270,8 +311,8 @@ class Agent:
         return self.inference.total_active
 
     async def _publish_energy(self) -> None:
-        if self.mqtt is None:
-            return
+        if self.mqtt is None or self.sleeper.sleeping:
+            return  # a report would tell the hub the device is awake
         if not self.opts.profile:
             self.power = detect_power(self.opts.idle_w, self.opts.active_w)
         await self.mqtt.publish(self.topics.device(self.opts.device_id, "energy"),
@@ -294,6 +335,7 @@ class Agent:
         request_id = None
         reply = self._reply_to(response_topic, correlation)
         chunks = 0
+        going_to_sleep = False  # accepted: the sleep sequence starts once the reply is out
         try:
             if len(payload) > MAX_REQUEST_BYTES:
                 raise ExecError("too_large", f"request of {len(payload)} bytes exceeds {MAX_REQUEST_BYTES}")
@@ -314,6 +356,9 @@ class Agent:
                         await reply(RpcChunk(id=req.id, seq=chunks, chunk=text).model_dump_json())
                         chunks += 1
                 result = await self._infer(req.id, params, emit)
+            elif req.method == "sleep":
+                result = self.sleeper.accept(_params(SleepParams, req.params), self.active)
+                going_to_sleep = True
             else:
                 result = await self._call(req)
             body = RpcResponse(id=req.id, ok=True, result=result, chunks=chunks if chunks else None,
@@ -328,6 +373,8 @@ class Agent:
             body = RpcResponse(id=request_id, ok=False, error=RpcErrorBody(code="internal", message=repr(exc)[:500]))
         if reply is not None:
             await reply(body.model_dump_json(exclude_none=True))
+        if going_to_sleep:
+            self._spawn(self.sleeper.run(self), "sleep")
         for name, updates in self.inference.refreshed_figures().items():
             self._refresh_model(name, updates)
 
@@ -352,6 +399,7 @@ class Agent:
         assert task is not None
         if request_id in self._running:
             raise ExecError("bad_request", f"request id {request_id!r} is already running")
+        self.sleeper.refuse_work()
         self._running[request_id] = task
         try:
             async with asyncio.timeout(params.timeout_ms / 1000):
@@ -366,6 +414,7 @@ class Agent:
             raise
         finally:
             self._running.pop(request_id, None)
+            self.sleeper.work_ended()
         return answer.model_dump(exclude_none=True)
 
     def _refresh_model(self, name: str, updates: dict[str, Any]) -> None:
@@ -389,7 +438,7 @@ class Agent:
             self._cancelled.add(target)
             task.cancel()
             return {"cancelled": True}
-        raise ExecError("unknown_method", f"unknown method {req.method!r} (known: health, echo, infer, cancel)")
+        raise ExecError("unknown_method", f"unknown method {req.method!r} (known: {', '.join(METHODS)})")
 
     # -- HTTP ----------------------------------------------------------------------------------
 
