@@ -4,10 +4,14 @@ routing policy, over simulated devices and real carbon and solar curves, in virt
 One task path: every policy runs ``hub.dispatch.Dispatcher`` (rules, cache, routing, deferral,
 slots and queueing, escalation on failure, confidence floors, the ledger, learning) with the
 simulated home of hub/sim/devices.py as its RPC caller, its fleet and its energy, on the clock of
-hub/sim/loop.py. What differs between policies is only ``router.policy``.
+hub/sim/loop.py. What differs between policies is ``router.policy`` and, for ``sovereign``
+alone, power management: the hub's own ``PowerManager`` (hub/power) puts devices that announce a
+way to wake them to sleep and wakes them for work; ``always-on`` is the same routing with every
+device kept awake.
 
 Accounting, the same for every policy:
 - energy at the wall, idle draw included (hub/sim/devices.py), plus the cloud's per the ledger;
+  a device asleep draws its sleep power, and each wake its wake energy;
 - an answer counts toward quality only if it came within its latency budget
   (``quality_weighted_success``); ``quality_with_late`` counts late ones too;
 - unserved tasks are counted, not given a latency.
@@ -31,6 +35,8 @@ from .config import DispatchConfig
 from .dispatch import Dispatcher
 from .energy.model import ModeThresholds
 from .energy.series import Series
+from .power.manager import PowerManager
+from .power.plan import PowerConfig
 from .router.cache import CacheConfig, ResultCache
 from .router.ledger import Ledger
 from .router.request import InferOutcome
@@ -42,7 +48,10 @@ from .sim.files import FleetFile, TraceTask, check_coverage, load_fleet, load_tr
 from .sim.loop import LoopClock, run_virtual
 from .sim.oracle import OracleBound, SiteAt, frontier, oracle_bound
 
-POLICIES = ("always-cloud", "seed-rules", "local-first", "sovereign")
+POLICIES = ("always-cloud", "seed-rules", "local-first", "always-on", "sovereign")
+#: The routing policy each simulated policy runs; only `sovereign` also manages power states
+#: (hub/power): `always-on` is its routing with every device kept awake, today's behaviour.
+ROUTING = {"always-on": "sovereign"}
 DEFAULT_START = datetime(2020, 6, 1, tzinfo=timezone.utc)
 
 
@@ -66,6 +75,9 @@ class PolicyResult:
     idle_gco2: float = 0.0
     idle_cost: float = 0.0
     battery_floor_violations: int = 0
+    wakes: int = 0
+    waited_for_wake: int = 0
+    asleep_h: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -89,7 +101,9 @@ class PolicyResult:
                 "deferred": self.deferred,
                 "mean_deferral_s": round(statistics.fmean(self.delays), 1) if self.delays else 0.0,
                 "escalations": self.escalations, "cached": self.cached,
-                "cloud_share_pct": round(100 * self.cloud_answers / n, 2)}
+                "cloud_share_pct": round(100 * self.cloud_answers / n, 2),
+                "wakes": self.wakes, "waited_for_wake": self.waited_for_wake,
+                "asleep_h": {k: round(v, 1) for k, v in self.asleep_h.items()}}
 
 
 def _quality_table(fleet: FleetFile) -> dict[tuple[str, str], float]:
@@ -108,13 +122,19 @@ async def _replay(policy: str, fleet: FleetFile, trace: list[TraceTask], carbon:
                   start: float, seed: int, thresholds: ModeThresholds) -> tuple[PolicyResult, SimHome]:
     clock = LoopClock(start)
     home = SimHome(fleet, carbon, solar, clock, random.Random(seed), thresholds)
-    router = RouterConfig(policy=policy, cloud_prices=fleet.cloud_prices, cloud_g_per_kwh=fleet.cloud_g_per_kwh,
-                          cloud_j_per_token=fleet.cloud_j_per_token)
+    router = RouterConfig(policy=ROUTING.get(policy, policy), cloud_prices=fleet.cloud_prices,
+                          cloud_g_per_kwh=fleet.cloud_g_per_kwh, cloud_j_per_token=fleet.cloud_j_per_token)
     ledger = Ledger(None)
     stats, cache, rules = StatsStore(LearningConfig()), ResultCache(CacheConfig(), None), RuleBook(RulesConfig(), None)
+    power = None
+    if policy == "sovereign":
+        power = PowerManager(PowerConfig(), router, records=lambda: [s.record for s in home.devices.values()],
+                             energy=home.energy, rpc=home, signals=home, clock=clock,
+                             on_change=home.fleet_view.changed)
+        home.on_awake, home.wakeable = power.observed, lambda device_id: not power.wake_failed(device_id)
     dispatcher = Dispatcher(DispatchConfig(), router, fleet=home.fleet_view, energy=home.energy, stats=stats,
                             cache=cache, rules=rules, ledger=ledger, rpc=home, clock=clock, known_device=home.known,
-                            thresholds=thresholds)
+                            thresholds=thresholds, power=power)
     quality = _quality_table(fleet)
     result = PolicyResult(tasks=len(trace))
     # Every policy is accounted over the same span: until the last deadline has passed.
@@ -147,6 +167,7 @@ async def _replay(policy: str, fleet: FleetFile, trace: list[TraceTask], carbon:
     home.set_inputs(clock.time())
     home.step(0.0)
     steps = asyncio.create_task(home.run_steps())
+    planner = asyncio.create_task(power.run()) if power is not None else None
     running = []
     for i, task in enumerate(trace):
         if task.t > loop.time():
@@ -156,6 +177,9 @@ async def _replay(policy: str, fleet: FleetFile, trace: list[TraceTask], carbon:
     if end > loop.time():
         await asyncio.sleep(end - loop.time())
     steps.cancel()
+    if planner is not None and power is not None:
+        planner.cancel()
+        await power.aclose()
     await dispatcher.aclose()
     home.catch_up()
     cloud = ledger.report(0, float("inf"))["by_layer"].get("large", {})
@@ -164,6 +188,9 @@ async def _replay(policy: str, fleet: FleetFile, trace: list[TraceTask], carbon:
     result.joules = home.wall.joules + cloud.get("joules", 0.0)
     result.idle_joules, result.idle_gco2, result.idle_cost = home.idle.joules, home.idle.gco2, home.idle.cost
     result.battery_floor_violations = sum(s.floor_violations for s in home.devices.values())
+    result.wakes = sum(s.wakes for s in home.devices.values())
+    result.waited_for_wake = dispatcher.counts["waited_for_wake"]
+    result.asleep_h = {i: s.asleep_s / 3600 for i, s in home.devices.items() if s.spec.wake != "none"}
     for closing in (cache, rules, ledger, stats):
         closing.close()
     return result, home
@@ -205,7 +232,8 @@ def simulate(fleet_path: Path, trace_path: Path, carbon_path: Path, solar_path: 
     for p in policies:
         result, home = run_policy(p, fleet, trace, carbon, solar, t0, seed, thresholds)
         out[p] = result.summary()
-        idle.append((home.idle.joules, home.idle.gco2, home.idle.cost))
+        floor = home.idle_floor
+        idle.append((floor.joules, floor.gco2, floor.cost))
     router = RouterConfig(cloud_prices=fleet.cloud_prices, cloud_g_per_kwh=fleet.cloud_g_per_kwh,
                           cloud_j_per_token=fleet.cloud_j_per_token)
     bound = oracle_bound(fleet, trace, t0, site_at(fleet, carbon, solar, thresholds), router,
@@ -238,10 +266,10 @@ def _gap(summary: dict[str, Any], bound: OracleBound) -> dict[str, float | None]
 def format_table(result: dict[str, Any]) -> str:
     cols = ["tasks", "cost", "task_cost", "kwh", "idle_kwh", "gco2", "task_gco2", "p50_ms", "p95_ms", "slo_miss_pct",
             "quality_weighted_success", "quality_with_late", "unserved", "late_answers", "battery_floor_violations",
-            "deferred", "cloud_share_pct"]
+            "deferred", "cloud_share_pct", "wakes", "waited_for_wake"]
     heads = ["policy", "tasks", "$", "task $", "kWh", "idle kWh", "gCO2", "task g", "p50 ms", "p95 ms", "SLO miss %",
-             "quality %", "incl. late", "unserved", "late", "floor viol.", "deferred", "cloud %", "task $ vs oracle",
-             "task g vs oracle"]
+             "quality %", "incl. late", "unserved", "late", "floor viol.", "deferred", "cloud %", "wakes",
+             "waited", "task $ vs oracle", "task g vs oracle"]
 
     def signed(v: float | None) -> str:
         return "-" if v is None else f"{v:+}%"
@@ -256,8 +284,12 @@ def format_table(result: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(heads))]
     table = "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
                       for r in rows)
-    notes = [f"oracle: the least any policy could spend (perfect foresight, no failures or queues); "
-             f"its best reachable quality is {o['quality_max']} %"]
+    notes = [f"oracle: the least any policy could spend (perfect foresight, no failures or queues, every device "
+             f"that can sleep asleep whenever it is not computing); its best reachable quality is {o['quality_max']} %"]
+    asleep = {name: v["asleep_h"] for name, v in result["policies"].items() if any(v["asleep_h"].values())}
+    for name, hours in asleep.items():
+        notes.append(f"{name}: asleep " + ", ".join(f"{d} {h} h" for d, h in hours.items())
+                     + " (waited: tasks that waited for a wake)")
     at = o.get("at_target_quality")
     if at:
         notes.append(f"oracle at quality {at['quality']} % (always-cloud's less 1 point): task $ {at['task_cost']}, "

@@ -44,17 +44,22 @@ def test_deterministic_for_a_seed(day: dict, day_trace: Path) -> None:
     other = simulate(EXAMPLES / "fleet.toml", day_trace, CARBON, SOLAR, seed=4)
     assert day == again and day["policies"] != other["policies"]
     p = day["policies"]
-    assert set(p) == {"always-cloud", "seed-rules", "local-first", "sovereign"}
+    assert set(p) == {"always-cloud", "seed-rules", "local-first", "always-on", "sovereign"}
     assert all(v["tasks"] == day["tasks"] for v in p.values())
     assert p["always-cloud"]["task_cost"] > p["sovereign"]["task_cost"], "local layers save money"
     assert p["sovereign"]["deferred"] > 0 and p["sovereign"]["battery_floor_violations"] == 0
 
 
-def test_every_policy_pays_the_same_idle_draw_and_none_beats_the_oracle(day: dict) -> None:
+def test_policies_that_keep_devices_awake_pay_the_same_idle_draw_and_none_beats_the_oracle(day: dict) -> None:
     p, oracle = day["policies"], day["oracle"]
-    idle = [v["idle_kwh"] for v in p.values()]
+    idle = [v["idle_kwh"] for name, v in p.items() if name != "sovereign"]
     # A 48 W GPU box, a 6 W laptop (until its battery is flat), phones: ~1.3 kWh a day whoever routes.
     assert 1.0 < min(idle) and max(idle) - min(idle) < 0.02 * max(idle)
+    # Power management puts the GPU box to sleep (3 W) when no work is worth its 48 W.
+    sov = p["sovereign"]
+    assert sov["idle_kwh"] < 0.8 * min(idle) and sov["asleep_h"]["gpu-box"] > 4 and sov["wakes"] >= 1
+    assert p["always-on"]["wakes"] == 0 and p["always-on"]["asleep_h"] == {"gpu-box": 0.0}
+    assert oracle["kwh"] - oracle["task_kwh"] < sov["idle_kwh"], "the bound's idle: asleep whenever idle"
     for name, v in p.items():
         assert v["kwh"] > v["idle_kwh"] and v["task_kwh"] > 0, name
         assert v["task_cost"] >= oracle["task_cost"] and v["task_gco2"] >= oracle["task_gco2"], name
@@ -96,7 +101,13 @@ price_per_kwh = 0.30
 id = "box"
 tier = "medium"
 idle_w = 100
-models = [{{ name = "m", runtime = "ollama", tasks = ["qa"], p50_ms = {p50}, p95_ms = {p95}, joules = 10, quality = 0.8, failure_rate = {fail} }}]
+wake = "{wake}"
+sleep_w = 2
+wake_ms = 20000
+wake_j = {wake_j}
+allow_sleep_after_s = {allow}
+wake_failure_rate = {wake_fail}
+models = [{{ name = "m", runtime = "ollama", tasks = ["qa", "reason"], p50_ms = {p50}, p95_ms = {p95}, joules = 10, quality = 0.8, failure_rate = {fail} }}]
 
 [[devices]]
 id = "phone"
@@ -113,9 +124,10 @@ models = [{{ name = "t", runtime = "tflite", tasks = ["intent", "qa"], p50_ms = 
 
 
 def _run(tmp_path: Path, tasks: list[dict], policy: str = "sovereign", p50: float = 500, p95: float = 900,
-         fail: float = 0.0, pct: float = 90) -> dict:
+         fail: float = 0.0, pct: float = 90, wake: str = "none", **power: float) -> dict:
     fleet = tmp_path / "fleet.toml"
-    fleet.write_text(FLEET.format(p50=p50, p95=p95, fail=fail, pct=pct))
+    fleet.write_text(FLEET.format(p50=p50, p95=p95, fail=fail, pct=pct, wake=wake,
+                                  **{"wake_j": 2000, "allow": 300, "wake_fail": 0, **power}))
     trace = tmp_path / "trace.jsonl"
     trace.write_text("".join(json.dumps(t) + "\n" for t in tasks))
     f = load_fleet(fleet)
@@ -188,7 +200,7 @@ def test_virtual_loop_jumps_to_the_next_timer() -> None:
 
 def test_home_reports_reach_the_router_as_the_registry_would(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.toml"
-    fleet.write_text(FLEET.format(p50=500, p95=900, fail=0, pct=90))
+    fleet.write_text(FLEET.format(p50=500, p95=900, fail=0, pct=90, wake="none", wake_j=0, allow=0, wake_fail=0))
     f = load_fleet(fleet)
 
     async def main() -> tuple[set[str], float | None]:
@@ -227,3 +239,60 @@ def test_a_hot_question_is_refined_by_a_better_model(tmp_path: Path) -> None:
     ask = {"task": "qa", "text": "why is the sky blue?", "budget_ms": 600}
     out = _run(tmp_path, [{**ask, "t": 60}, {**ask, "t": 120}, {**ask, "t": 180}])
     assert out["cached"] == 2 and out["quality_weighted_success"] == pytest.approx(100 * (0.5 + 0.5 + 0.8) / 3, abs=0.01)
+
+
+# -- power states (issue 16) -----------------------------------------------------------------------
+
+def test_an_idle_box_is_put_to_sleep_and_draws_its_sleep_power(tmp_path: Path) -> None:
+    """Nothing for it for two hours: after its 300 s without work the planner asks it to sleep;
+    from then on it draws 2 W, not 100 W. Kept awake (always-on), it draws 100 W throughout."""
+    tasks = [{"t": 7200, "task": "intent", "text": "lights off"}]
+    managed = _run(tmp_path, tasks, wake="wol")
+    kept = _run(tmp_path, tasks, policy="always-on", wake="wol")
+    box = managed["home"].devices["box"]
+    assert box.asleep and box.record.sleeping and not box.record.online
+    # Awake for 300 s (its allow_sleep_after) plus at most one planning round (30 s).
+    assert 7500 - 330 <= box.asleep_s <= 7500 - 300
+    assert kept["home"].devices["box"].asleep_s == 0
+    assert managed["idle_kwh"] < 0.1 * kept["idle_kwh"]
+
+
+def test_a_device_that_announces_no_wake_method_is_never_put_to_sleep(tmp_path: Path) -> None:
+    out = _run(tmp_path, [{"t": 7200, "task": "intent", "text": "lights off"}], wake="none")
+    assert out["home"].devices["box"].asleep_s == 0 and out["wakes"] == 0
+
+
+def test_an_interactive_task_does_not_wait_for_a_wake_but_a_patient_one_does(tmp_path: Path) -> None:
+    """The box sleeps (20 s to wake). A question with a 2 s budget goes to the phone at once; a
+    reasoning task with a 60 s budget and a quality floor only the box meets wakes it and waits."""
+    quick = _run(tmp_path, [{"t": 3600, "task": "qa", "text": "why?", "budget_ms": 2000}], wake="wol")
+    assert quick["wakes"] == 0 and quick["waited_for_wake"] == 0 and quick["quality_weighted_success"] == 50.0
+    patient = _run(tmp_path, [{"t": 3600, "task": "reason", "text": "prove it", "budget_ms": 60_000,
+                               "quality_floor": 0.7}], wake="wol")
+    assert patient["wakes"] == 1 and patient["waited_for_wake"] == 1 and patient["late_answers"] == 0
+    assert patient["quality_weighted_success"] == 80.0 and 20_000 <= patient["p50_ms"] < 22_000
+
+
+def test_a_deferred_batch_wakes_the_box_ahead_of_its_window(tmp_path: Path) -> None:
+    """Twenty deferrable questions only the box meets: the box sleeps until the window, is woken
+    its wake latency ahead, runs them without any waiting for the wake, and sleeps again."""
+    # At 02:00, with four hours to spare: the grid is cleaner around 04:00 (GB, June 2020).
+    tasks = [{"t": 7200 + i, "task": "qa", "text": f"summary {i}", "budget_ms": 20_000, "quality_floor": 0.7,
+              "deadline_s": 4 * 3600} for i in range(20)]
+    out = _run(tmp_path, tasks, wake="wol")
+    box = out["home"].devices["box"]
+    assert out["unserved"] == 0 and out["deferred"] == 20 and out["quality_weighted_success"] == 80.0
+    assert out["wakes"] == 1 and out["waited_for_wake"] == 0, "woken ahead, not by the first request"
+    assert box.asleep, "asleep again after the batch"
+
+
+def test_a_device_that_never_comes_back_hands_the_task_to_the_next_candidate(tmp_path: Path) -> None:
+    """A cheap wake makes the sleeping box the router's first choice (the phone's 0.5 is short of
+    good enough); its wake is never answered: after its wake latency x 2 the phone answers, still
+    within the minute, and the box is not offered again for a while (no second wait)."""
+    ask = {"task": "qa", "text": "why?", "budget_ms": 60_000}
+    out = _run(tmp_path, [{**ask, "t": 3600}, {**ask, "t": 3700}, {**ask, "t": 3800}], wake="wol", wake_j=1,
+               allow=0, wake_fail=1)
+    assert out["wakes"] == 1 and out["waited_for_wake"] == 1 and out["unserved"] == 0
+    assert out["quality_weighted_success"] == 50.0 and out["late_answers"] == 0
+    assert 40_000 <= out["p95_ms"] < 41_000 and out["p50_ms"] < 100, "one waited 2 x 20 s, the others did not"

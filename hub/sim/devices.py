@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..capability import PROTOCOL_VERSION, Capability, EnergyReport, LatencyMs, Load, ModelSpec, Power, PowerSource
+from ..capability import (PROTOCOL_VERSION, Capability, EnergyReport, LatencyMs, Load, ModelSpec, Power, PowerSource,
+                          WakeMethod)
 from ..energy.model import EnergySnapshot, ForecastPoint, InputValue, ModeThresholds
 from ..energy.series import Series
 from ..energy.snapshot import compute_snapshot
@@ -44,12 +46,20 @@ RESUME_ABOVE_FLOOR_PCT = 5.0
 FORECAST_S = 48 * 3600
 
 
+#: The simulated devices' Wake-on-LAN address (a locally administered MAC; nothing is sent).
+SIM_MAC = "02:00:00:00:00:00"
+
+
 def capability(d: SimDevice) -> Capability:
     """What the device announces, as an agent would."""
+    wake = WakeMethod() if d.wake == "none" else WakeMethod(kind="wol", mac=SIM_MAC) if d.wake == "wol" \
+        else WakeMethod(kind="ha_switch", command_topic=f"sim/{d.id}/set")
     return Capability(
         v=PROTOCOL_VERSION, id=d.id, name=d.id, tier=d.tier, software="sovereign simulate",
         power=Power(source=PowerSource(d.power_source), battery_pct=d.battery_pct, idle_w=d.idle_w,
-                    active_w=d.active_w, battery_floor_pct=d.battery_floor_pct),
+                    active_w=d.active_w, battery_floor_pct=d.battery_floor_pct, sleep_w=d.sleep_w,
+                    wake_latency_ms=d.wake_ms, wake_j=d.wake_j, wake=wake,
+                    allow_sleep_after_s=d.allow_sleep_after_s if d.wake != "none" else None),
         models=[ModelSpec(name=m.name, runtime=m.runtime, tasks=m.tasks, latency_ms=LatencyMs(p50=m.p50_ms, p95=m.p95_ms),
                           energy_j_per_call=m.joules, energy_j_per_token=m.j_per_token, quality=m.quality,
                           task_quality=m.task_quality, max_concurrency=m.max_concurrency) for m in d.models])
@@ -86,6 +96,10 @@ class DeviceState:
     start_pct: float | None
     running: int = 0
     floor_violations: int = 0
+    asleep: bool = False
+    waking: bool = False
+    wakes: int = 0
+    asleep_s: float = 0.0
 
     @property
     def capacity_j(self) -> float:
@@ -104,7 +118,14 @@ class SimHome:
     thresholds: ModeThresholds = field(default_factory=ModeThresholds)
     devices: dict[str, DeviceState] = field(init=False)
     wall: WallEnergy = field(default_factory=WallEnergy)
-    idle: WallEnergy = field(default_factory=WallEnergy)  # the part of `wall` drawn idle
+    idle: WallEnergy = field(default_factory=WallEnergy)  # the part of `wall` drawn idle (or asleep)
+    #: The least idle draw any schedule could have: every device that can sleep asleep whenever
+    #: it is not computing (the oracle's, hub/sim/oracle.py).
+    idle_floor: WallEnergy = field(default_factory=WallEnergy)
+    #: Told when a device comes back from sleep (the power manager's ``observed``).
+    on_awake: Callable[[str, bool], None] = lambda _id, _online: None
+    #: Whether a sleeping device is offered to the router (its last wake did not fail).
+    wakeable: Callable[[str], bool] = lambda _id: True
     #: request id → the device that asked (a battery may go below its floor for its own tasks)
     requesters: dict[str, str | None] = field(default_factory=dict)
 
@@ -119,8 +140,8 @@ class SimHome:
         self._forecasts: dict[str, list[ForecastPoint]] = {}
         self._energy: EnergySnapshot | None = None
         self._stepped_at = 0.0  # loop time of the last step
-        self.fleet_view = FleetView(lambda: fleet_snapshot([s.record for s in self.devices.values()], self.energy()),
-                                    self.clock.monotonic)
+        self.fleet_view = FleetView(lambda: fleet_snapshot([s.record for s in self.devices.values()], self.energy(),
+                                                           wakeable=self.wakeable), self.clock.monotonic)
 
     # -- what the dispatcher reads --------------------------------------------------------------
 
@@ -168,19 +189,28 @@ class SimHome:
         for s in self.devices.values():
             d = s.spec
             on_charger = plugged(d, now)
-            idle_j = d.idle_w * dt
+            idle_j = (d.sleep_w if s.asleep else d.idle_w) * dt
+            if s.asleep:
+                s.asleep_s += dt
             if s.battery_pct is not None:
                 if not on_charger:
                     idle_j = min(idle_j, s.battery_pct / 100 * s.capacity_j)  # flat: off
                 self._battery(s, (d.charge_w * dt if on_charger else 0.0) - idle_j)
             self._draw(s, idle_j, on_charger, self.idle)
+            floor_j = d.sleep_w * dt if d.wake != "none" else idle_j
+            self.idle_floor.add(floor_j / (self.thresholds.battery_efficiency
+                                           if s.battery_pct is not None and not on_charger else 1.0),
+                                *self._site_marginal())
             self._report(s, now, on_charger)
         self.set_inputs(now)
         self.fleet_view.changed()
 
-    def _draw(self, s: DeviceState, joules: float, on_charger: bool, also: WallEnergy | None = None) -> None:
+    def _site_marginal(self) -> tuple[float, float]:
         snap = self.energy()
-        g, price = snap.site_marginal_g_per_kwh or 0.0, snap.site_marginal_price_per_kwh or 0.0
+        return snap.site_marginal_g_per_kwh or 0.0, snap.site_marginal_price_per_kwh or 0.0
+
+    def _draw(self, s: DeviceState, joules: float, on_charger: bool, also: WallEnergy | None = None) -> None:
+        g, price = self._site_marginal()
         if s.battery_pct is not None and not on_charger:
             joules /= self.thresholds.battery_efficiency
         self.wall.add(joules, g, price)
@@ -199,7 +229,7 @@ class SimHome:
                                   charging=on_charger if s.battery_pct is not None else None,
                                   load=Load(active=s.running))
         rec.energy_at = now
-        if s.battery_pct is not None:
+        if s.battery_pct is not None and not s.asleep and not s.waking:
             if rec.online and not on_charger and s.battery_pct <= d.battery_floor_pct:
                 rec.online = False
                 self.fleet_view.refresh()
@@ -224,6 +254,8 @@ class SimHome:
     async def call(self, device_id: str, method: str, params: dict[str, Any], timeout_s: float,
                    request_id: str | None = None, on_chunk: OnChunk | None = None) -> RpcResponse:
         s = self.devices.get(device_id)
+        if s is not None and method == "sleep":
+            return self._sleep(s, request_id)
         model = s.models.get(str(params.get("model"))) if s is not None else None
         if s is None or model is None or method != "infer" or not s.record.online:
             return _error(request_id, "unavailable", f"{device_id} cannot run {params.get('model')!r} now")
@@ -247,6 +279,39 @@ class SimHome:
             return _error(request_id, "internal", f"{model.name} failed (simulated failure)")
         answer = f"{model.name}: {task} {params.get('text') or params.get('ref') or ''}"[:200]
         return RpcResponse(id=request_id, ok=True, result={"output": answer, "joules": joules})
+
+    # -- power states: the agent's `sleep` and the wake signal ----------------------------------
+
+    def _sleep(self, s: DeviceState, request_id: str | None) -> RpcResponse:
+        if s.spec.wake == "none":
+            return _error(request_id, "unavailable", "no sleep command configured")
+        if s.running or not s.record.online:
+            return _error(request_id, "busy", f"{s.running} calls running")
+        s.asleep, s.record.online, s.record.sleeping = True, False, True
+        self.fleet_view.refresh()
+        self.on_awake(s.spec.id, False)
+        return RpcResponse(id=request_id, ok=True, result={"sleeping": True})
+
+    async def send(self, device_id: str, wake: WakeMethod) -> str:
+        """The wake signal (hub/power/manager.py's Signals): back after its wake latency, having
+        drawn its wake energy."""
+        s = self.devices[device_id]
+        if not s.asleep or s.waking:
+            return "already awake or waking"
+        d = s.spec
+        s.wakes += 1
+        if self.rng.random() < d.wake_failure_rate:
+            return f"simulated {d.wake} wake, never answered"
+        s.waking = True
+        self._draw(s, d.wake_j if d.wake_j is not None else d.active_w * d.wake_ms / 1000, plugged(d, self.clock.time()))
+
+        def back() -> None:
+            s.asleep = s.waking = False
+            s.record.online, s.record.sleeping = True, False
+            self.fleet_view.refresh()
+            self.on_awake(device_id, True)
+        asyncio.get_running_loop().call_later(d.wake_ms / 1000, back)
+        return f"simulated {d.wake} wake"
 
     def _spend(self, s: DeviceState, joules: float, request_id: str | None) -> None:
         d = s.spec

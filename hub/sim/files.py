@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
                       field_validator, model_validator)
@@ -119,6 +119,15 @@ class SimDevice(BaseModel):
     #: Local hours [start, end) when the device is plugged in (may wrap past midnight).
     plugged_hours: list[tuple[Hour, Hour]] = Field(default_factory=list)
     models: list[SimModel]
+    #: Power states (hub/power): how the hub can wake it (none: it never sleeps), what it draws
+    #: asleep, how long a wake takes and costs, and the idle time it waits before it may sleep.
+    wake: Literal["wol", "ha_switch", "none"] = "none"
+    sleep_w: float = Field(default=0, ge=0)
+    wake_ms: float = Field(default=15_000, ge=0)
+    wake_j: float | None = Field(default=None, ge=0)
+    allow_sleep_after_s: float = Field(default=300, ge=0)
+    #: Share of wake signals it never answers (a lost packet, a plug switched off at the wall).
+    wake_failure_rate: float = Field(default=0, ge=0, le=1)
 
     @field_validator("id")
     @classmethod
@@ -146,6 +155,9 @@ class SimDevice(BaseModel):
                 if value is not None:
                     found.append(((key,), f"only a battery device (power_source = \"battery\") has {key}; "
                                           f"this one's power_source is {self.power_source.value!r}", value))
+        if self.wake != "none" and self.sleep_w > self.idle_w:
+            found.append((("sleep_w",), f"sleep_w {self.sleep_w} is above idle_w {self.idle_w}: asleep draws "
+                                        "less than idle", self.sleep_w))
         for i, (start, end) in enumerate(self.plugged_hours):
             if start == end:
                 found.append((("plugged_hours", i), f"[{start}, {end}] is no time at all: start and end hours "
