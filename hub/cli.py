@@ -87,6 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--idle-w", type=float, help="power drawn when idle, in watts (when it cannot be measured)")
     agent.add_argument("--active-w", type=float, help="power drawn when running a model, in watts")
     agent.add_argument("--battery-pct", type=float, help="override the reported battery charge")
+    sleep = agent.add_argument_group("power states", "let the hub put this machine to sleep and wake it")
+    sleep.add_argument("--sleep-command", metavar="CMD",
+                       help="shell command that suspends the machine and returns once it has resumed, e.g. "
+                            "'systemctl suspend' (without it the agent refuses to sleep)")
+    sleep.add_argument("--allow-sleep-after", type=float, metavar="S",
+                       help="seconds without work before it accepts to sleep (default 300; needs --sleep-command)")
+    sleep.add_argument("--sleep-w", type=float, metavar="W", help="power drawn while asleep, in watts")
+    sleep.add_argument("--wake-latency-ms", type=float, metavar="MS",
+                       help="estimated time from the wake signal to ready, announced until a wake is measured")
+    sleep.add_argument("--wake-j", type=float, metavar="J", help="energy of one wake, in joules")
+    sleep.add_argument("--wol-mac", metavar="MAC",
+                       help="wake by Wake-on-LAN: this network card's MAC, or auto (the first card that is up)")
+    sleep.add_argument("--wol-broadcast", metavar="ADDR",
+                       help="where the hub sends the magic packet: a LAN address (default 255.255.255.255)")
+    sleep.add_argument("--wol-port", type=int, action="append", metavar="N",
+                       help="UDP port of the magic packet (repeatable; default 9 and 7)")
+    sleep.add_argument("--wake-switch-topic", metavar="TOPIC",
+                       help="wake by a smart plug: the command topic of its switch in Home Assistant's MQTT")
+    sleep.add_argument("--wake-switch-payload", metavar="PAYLOAD", help="what turns the plug on (default ON)")
+    sleep.add_argument("--unload-on-sleep", action="store_true",
+                       help="free the models before sleeping (they load again at their first call; "
+                            "default: kept in memory across the suspend)")
     agent.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
 
     cli_pairing.add_parser(sub, DEFAULT_API)
@@ -129,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("rating", nargs="?", choices=["up", "down"], help="up: a good answer; down: a wrong or poor one")
     fb.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
     fb.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    pw = sub.add_parser("power", help="devices' power states and the hub's plan (sleep, wake), or wake or sleep one now")
+    pw.add_argument("device_id", nargs="?", help="the device to wake or put to sleep")
+    pw.add_argument("action", nargs="?", choices=["wake", "sleep"], help="wake: wake it and wait until it is back; "
+                                                                         "sleep: ask it to sleep")
+    pw.add_argument("--timeout-s", type=float, default=600,
+                    help="how long to wait for the hub's answer (a wake waits until the device is back; default 600)")
+    pw.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
+    pw.add_argument("--json", action="store_true", help=JSON_HELP)
 
     for name, helptext in (("infer", "run a task on the fleet and print the answer"),
                            ("route", "dry run: which device and model would take a task, and why")):
@@ -258,6 +289,8 @@ def _main(argv: list[str] | None) -> int:
             return _cmd_cache(args)
         if args.command == "feedback":
             return _cmd_feedback(args)
+        if args.command == "power":
+            return _cmd_power(args)
         if args.command in ("infer", "route"):
             return _cmd_task(args)
         if args.command == "eeg":
@@ -312,6 +345,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     if not is_valid_device_id(device_id):
         print(f"error: invalid device id {device_id!r}: letters, digits, '_', '.', '-' only (max 64)", file=sys.stderr)
         return 2
+    from .agent.sleep import options_from_flags  # checked before pairing spends a code
+    try:
+        wake, power_states = options_from_flags(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from .agent import credentials
     cred_path = args.credentials or credentials.default_path(device_id)
     try:
@@ -347,6 +386,9 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         zeroconf_interfaces=_interfaces(args.zeroconf_interface), models_dir=args.models_dir,
         ollama_host=args.ollama_host, idle_w=args.idle_w, active_w=args.active_w, battery_pct=args.battery_pct,
         rules_file=args.rules, cloud=args.cloud, seed=args.seed, real_models=args.real_models,
+        sleep_command=args.sleep_command, allow_sleep_after_s=power_states.get("allow_sleep_after_s"),
+        sleep_w=args.sleep_w, wake_latency_ms=args.wake_latency_ms, wake_j=args.wake_j, wake=wake,
+        unload_on_sleep=args.unload_on_sleep,
     )
     try:
         opts.extra_models = code_models(echo=args.echo, rules_file=args.rules)
@@ -722,6 +764,25 @@ def _cmd_feedback(args: argparse.Namespace) -> int:
         print(f"rated {doc['rating']}: {doc['model']} now has {doc['outcomes']} outcomes at {doc['task']} "
               f"(estimates from {doc['min_samples']})")
     return 0
+
+
+def _cmd_power(args: argparse.Namespace) -> int:
+    """``power``: states and plan (GET /api/power); ``power ID wake|sleep``: now (an admin write)."""
+    from .cli_api import format_power
+    if args.device_id is None:
+        return _show(args, "/api/power", format_power)
+    if args.action is None:
+        print("error: sovereign power ID needs an action: wake or sleep", file=sys.stderr)
+        return 2
+    doc = api_call("POST", args.url, f"/api/power/{urllib.parse.quote(args.device_id, safe='')}",
+                   {"action": args.action}, timeout=args.timeout_s)
+    if doc is None:  # refused, not woken, or no hub: api_call printed why
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"{doc['device']}: {doc['result']}")
+    return 0 if doc["ok"] else 1
 
 
 def format_feedback(data: dict[str, Any]) -> str:

@@ -11,12 +11,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from aiohttp import web
 
 from . import __version__
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .auth import Guard, Refusal, SameOrigin
 from .capability import KNOWN_TASKS, is_valid_device_id
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .live import LiveFeed
     from .mqtt import MqttLink
     from .plugins import PluginManager
+    from .power.manager import PowerManager
     from .router.cache import ResultCache
     from .router.learner import PromptLearner
     from .router.ledger import Ledger
@@ -70,6 +71,7 @@ class ApiHub(PairingHub, Protocol):
     ledger: Ledger
     live: LiveFeed
     plugins: PluginManager | None
+    power: PowerManager
     plugin_routes: list[tuple[str, str, Any]]
     security_warnings: list[str]
     started_monotonic: float
@@ -92,6 +94,8 @@ ID_FORMATS: dict[str, tuple[Callable[[str], object], str]] = {
                           "with a letter or digit"),
     "/api/devices/{id}/reset": (is_valid_device_id, "a device id is 1-64 letters, digits, '_', '.' or '-', "
                                 "starting with a letter or digit"),
+    "/api/power/{id}": (is_valid_device_id, "a device id is 1-64 letters, digits, '_', '.' or '-', starting "
+                        "with a letter or digit"),
     "/api/deferred/{id}": (lambda v: len(v) <= 128, "a request id is 1-128 characters"),
     "/api/feedback/{id}": (lambda v: len(v) <= 128, "a request id is 1-128 characters"),
     "/api/rules/{id}/{action}": (re.compile(r"[0-9a-f]{12}").fullmatch, "a rule id is 12 lowercase hex digits"),
@@ -113,6 +117,13 @@ def check_ids(request: web.Request) -> Refusal | None:
 
 def error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+class PowerCommand(BaseModel):
+    """The body of ``POST /api/power/{id}``: wake the device or put it to sleep now."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["wake", "sleep"]
 
 
 def make_app(hub: ApiHub) -> web.Application:
@@ -337,6 +348,32 @@ def make_app(hub: ApiHub) -> web.Application:
     async def feedback_status(request: web.Request) -> web.Response:
         return web.json_response(hub.learner.status())
 
+    async def power(request: web.Request) -> web.Response:
+        return web.json_response(hub.power.status())
+
+    async def power_command(request: web.Request) -> web.Response:
+        """Wake a device or put it to sleep now, whatever the plan says; answered once it is
+        back (or given up on) or has agreed to sleep (or refused)."""
+        device_id = request.match_info["id"]
+        try:
+            cmd = PowerCommand.model_validate_json(await request.read() or b"{}")
+        except ValidationError as exc:
+            return error(400, "bad_request", "body: " + format_validation_error(exc).replace("\n", "; "))
+        rec = hub.registry.get(device_id)
+        if rec is None:
+            return error(404, "unknown_device", f"no device with id {device_id!r}")
+        if not hub.pairing.is_trusted(device_id):
+            return error(409, "not_paired", f"{device_id} is not paired: the hub manages only its paired devices")
+        if cmd.action == "sleep" and not rec.online:
+            if rec.sleeping:
+                return web.json_response({"device": device_id, "ok": True, "result": "already asleep"})
+            return error(409, "offline", f"{device_id} is offline: only an awake device can be asked to sleep")
+        doc = await hub.power.command(device_id, cmd.action)
+        if doc["ok"]:
+            return web.json_response(doc)
+        code = "not_woken" if cmd.action == "wake" else "sleep_refused"
+        return web.json_response({**doc, "error": {"code": code, "message": doc["result"]}}, status=409)
+
     async def clear_cache(request: web.Request) -> web.Response:
         """Forget cached answers, of one task (``?task=``) or all: how many were removed."""
         task = request.query.get("task") or None
@@ -372,6 +409,8 @@ def make_app(hub: ApiHub) -> web.Application:
     app.router.add_get("/api/devices/{id}", device)
     app.router.add_delete("/api/devices/{id}", delete_device)
     app.router.add_post("/api/devices/{id}/reset", reset_device)
+    app.router.add_get("/api/power", power)
+    app.router.add_post("/api/power/{id}", power_command)
     add_pairing_routes(app, hub)
     for method, path, handler in hub.plugin_routes:
         app.router.add_route(method, path, handler)

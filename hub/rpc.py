@@ -35,7 +35,7 @@ class RpcRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     v: int = PROTOCOL_VERSION
     id: str = Field(min_length=1, max_length=128, description="Request id, echoed in the response")
-    method: str = Field(min_length=1, max_length=64, description="health | echo | infer | cancel")
+    method: str = Field(min_length=1, max_length=64, description="health | echo | infer | cancel | sleep")
     params: dict[str, Any] = Field(default_factory=dict)
     #: MQTT 3.1.1 clients have no response-topic property: they name it here.
     reply_to: str | None = Field(default=None, max_length=512, description="Reply topic for MQTT 3.1.1 clients; must be under the topic root")

@@ -123,8 +123,8 @@ class PowerManager:
         """Wake the device and wait until it is back; None when it is, else why not. Callers
         waiting for the same device share one wake."""
         rec = self._record(device_id)
-        if rec is None:
-            return f"{device_id} is not a known device"
+        if rec is None or not self.trusted(device_id):
+            return f"{device_id} is not a known paired device"
         if rec.online:
             return None
         task = self._wakes.get(device_id)
@@ -276,8 +276,8 @@ class PowerManager:
             why = f"its last wake failed: not put to sleep again for {log_.wake_failed_until - now:.0f} s"
         else:
             why = ""
-        view = self.energy().devices.get(rec.id)
         snap = self.energy()
+        view = snap.devices.get(rec.id)
         g = view.marginal_g_per_kwh if view else snap.site_marginal_g_per_kwh
         price = view.marginal_price_per_kwh if view else snap.site_marginal_price_per_kwh
         wake_ms = self._wake_ms(rec)
@@ -349,6 +349,7 @@ class PowerManager:
             log_.waking_since = None
             self._awake.pop(device_id, None)
             self.on_change()
+            self._poke.set()  # plan again now that it is back (or given up on)
 
     def _record_online(self, device_id: str) -> bool:
         rec = self._record(device_id)

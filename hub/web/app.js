@@ -164,6 +164,50 @@ $("rules").addEventListener("click", async (ev) => {
   refreshRules();
 });
 
+// -- power ------------------------------------------------------------------------------------
+// Each device's power state and what the hub plans for it, with why (GET /api/power); Wake and
+// Sleep are admin writes (POST /api/power/{id}). A wake is answered once the device is back.
+const PLANS = { stay_awake: "stay awake", sleep: "sleep", wake: "wake", stay_asleep: "stay asleep", waking: "waking" };
+function ahead(s) { return s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`; }
+function powerRow(d, now) {
+  let plan = PLANS[d.action] || "–";
+  if (d.action === "stay_asleep" && d.at > now + 1) plan = `wake in ${ahead(d.at - now)}`;
+  const latency = d.observed_wake_ms ?? d.wake_latency_ms;
+  const facts = [`idle ${num(d.idle_w, 1)} W`, `asleep ${num(d.sleep_w, 1)} W`, d.wake === "none" ? "no wake method" : d.wake,
+    latency === null || latency === undefined ? "" : `wakes in ${num(latency / 1000, 1)} s${d.observed_wake_ms ? " (seen)" : ""}`,
+    `${d.wakes} wakes, ${d.sleeps} sleeps` + (d.wake_failures ? `, ${d.wake_failures} failed` : "")].filter(Boolean).join(" · ");
+  const canWake = (d.state === "sleeping" || d.state === "offline") && d.wake !== "none";
+  const last = (d.recent || []).at(-1)?.what; // what the hub last did or saw, in words
+  const canSleep = d.state === "awake" && d.wake !== "none"; // the hub could not wake it again
+  return `<tr data-power-id="${esc(d.id)}" class="power-${esc(d.state)}">
+    <td>${esc(d.id)}<div class="why">${esc(facts)}</div></td><td data-testid="power-state">${esc(d.state)}</td>
+    <td>${esc(plan)}</td><td class="why">${esc((d.reasons || []).join(" · "))}${last ? `<div>last: ${esc(last)}</div>` : ""}</td>
+    <td><button data-power="wake" ${canWake ? "" : "disabled"}>Wake</button> <button data-power="sleep" ${canSleep ? "" : "disabled"}
+      title="${d.wake === "none" ? "it announces no way to wake it again" : "ask it to sleep now"}">Sleep</button></td></tr>`;
+}
+async function refreshPower() {
+  const { status, doc } = await api("GET", "/api/power");
+  if (status !== 200) return;
+  const asleep = doc.devices.filter((d) => d.state === "sleeping").length;
+  $("power-summary").textContent = `${asleep} asleep` + (doc.enabled ? "" : " · power management off");
+  $("power").innerHTML = doc.devices.length ? `<tr><th>device</th><th>state</th><th>plan</th><th>why</th><th></th></tr>`
+    + doc.devices.map((d) => powerRow(d, doc.now)).join("") : "<tr><td>no paired devices</td></tr>";
+}
+let powerQueued = null;
+function queuePower() { if (powerQueued === null) powerQueued = setTimeout(() => { powerQueued = null; refreshPower(); }, 1000); }
+$("power").addEventListener("click", async (ev) => {
+  const b = ev.target.closest("button[data-power]");
+  if (!b) return;
+  const id = b.closest("tr").dataset.powerId, action = b.dataset.power;
+  b.closest("td").querySelectorAll("button").forEach((x) => { x.disabled = true; });
+  $("power-result").textContent = `${id}: ${action === "wake" ? "waking" : "asking it to sleep"}…`;
+  const answer = api("POST", `/api/power/${encodeURIComponent(id)}`, { action });
+  setTimeout(refreshPower, 300); // a wake shows as "waking" while the hub waits for it
+  const { status, doc } = await answer;
+  $("power-result").textContent = status === 200 ? `${doc.device}: ${doc.result}` : `${id}: ${doc.error?.message || `error ${status}`}`;
+  refreshPower(); queuePower(); // again once the hub has planned with the new state
+});
+
 // -- EEG --------------------------------------------------------------------------------------
 function gauge(score) {
   const s = Math.max(0, Math.min(1, score ?? 0)), a = Math.PI * (1 - s);
@@ -203,8 +247,8 @@ function connect() {
       $("hub-id").textContent = data.hub;
       state.devices = new Map(data.devices.map((d) => [d.id, d]));
       queueRender(); renderEnergy(data.energy);
-    } else if (type === "device") { state.devices.set(data.id, data); queueRender(); }
-    else if (type === "device_removed") { state.devices.delete(data.id); queueRender(); }
+    } else if (type === "device") { state.devices.set(data.id, data); queueRender(); queuePower(); }
+    else if (type === "device_removed") { state.devices.delete(data.id); queueRender(); queuePower(); }
     else if (type === "energy") renderEnergy(data);
     else if (type === "task") { addTask(data); state.feed++; }
     else if (type === "eeg.feedback") feedback(data);
@@ -218,11 +262,11 @@ $("token-form").addEventListener("submit", (ev) => {
   token = $("token").value.trim();
   localStorage.setItem("sovereign-token", token);
   notice("");
-  refreshCosts(); refreshRules(); loadRateable();
+  refreshCosts(); refreshRules(); refreshPower(); loadRateable();
 });
 $("device-filter").addEventListener("input", (ev) => { state.filter = ev.target.value; state.page = 0; queueRender(); });
 $("prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); queueRender(); });
 $("next").addEventListener("click", () => { state.page++; queueRender(); });
 loadRateable().then(connect);
-refreshCosts(); refreshRules();
-setInterval(() => { refreshCosts(); refreshRules(); }, 10000);
+refreshCosts(); refreshRules(); refreshPower();
+setInterval(() => { refreshCosts(); refreshRules(); refreshPower(); }, 10000);
