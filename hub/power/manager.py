@@ -113,6 +113,8 @@ class PowerManager:
         log_ = self._log(device_id)
         log_.busy = max(0, log_.busy + delta)
         log_.idle_since = self.clock.time()
+        if not log_.busy:
+            self._poke.set()  # idle from now: plan when it may sleep
 
     def wake_failed(self, device_id: str) -> bool:
         """Not to be offered to the router: its last wake failed recently."""
@@ -141,8 +143,10 @@ class PowerManager:
             if event is not None:
                 event.set()
             log_ = self.devices.get(device_id)
-            if log_ is not None and log_.waking_since is None:
-                log_.idle_since = self.clock.time()
+            if log_ is not None:
+                log_.next_sleep_ask = 0.0  # back: a sleep asked before it slept is no reason to wait
+                if log_.waking_since is None:
+                    log_.idle_since = self.clock.time()
         self._poke.set()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -156,8 +160,14 @@ class PowerManager:
             except Exception:  # a bug in one round must not stop power management for good
                 log.exception("power plan failed")
                 plan = None
-            delay = max(0.0, (plan.next_at if plan else self.clock.time() + self.cfg.plan_every_s)
-                        - self.clock.time())
+            next_at = plan.next_at if plan else self.clock.time() + self.cfg.plan_every_s
+            if plan is not None:
+                # A sleep put off (a refusal's retry_after_s) is asked again when it may be.
+                for d in plan.decisions:
+                    ask = self.devices[d.device_id].next_sleep_ask if d.action == "sleep" else 0.0
+                    if ask > plan.now:
+                        next_at = min(next_at, ask)
+            delay = max(0.0, next_at - self.clock.time())
             self._poke.clear()
             try:
                 async with asyncio.timeout(delay):

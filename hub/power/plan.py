@@ -218,7 +218,7 @@ def _decide(d: DevicePower, demand: Demand | None, work: Sequence[DeferredWork],
         if batch and batch_at - now < break_even_s + d.wake_ms / 1000 * WAKE_AHEAD:
             return out("stay_awake", f"{len(batch)} deferred requests for it in {max(0.0, batch_at - now):.0f} s: "
                                      f"sleeping until then saves less than the wake costs "
-                                     f"(break-even {break_even_s:.0f} s)")
+                                     f"(break-even {break_even_s:.0f} s)", at=max(now, batch_at))
         if value_per_h > idle_per_h:  # strictly: with no energy data idle is free, and so is being asleep
             return out("stay_awake", ready)
         why = [ready]
