@@ -218,6 +218,9 @@ class WakeMethod(_Strict):
         return self
 
 
+NO_WAKE = WakeMethod()
+
+
 class Power(_Strict):
     source: PowerSource
     battery_pct: float | None = Field(default=None, ge=0, le=100)
@@ -233,7 +236,9 @@ class Power(_Strict):
     wake_latency_ms: float | None = Field(default=None, ge=0, le=3_600_000)
     #: Energy of one wake (resume and model loading); when absent, active_w x wake latency.
     wake_j: float | None = Field(default=None, ge=0, le=10_000_000)
-    wake: WakeMethod = WakeMethod()
+    #: None: the hub cannot wake it (kind none). Absent rather than a default object: validating
+    #: a default model costs every announcement ~6 µs (an announce storm of a thousand devices).
+    wake: WakeMethod | None = None
     #: The device sleeps when the hub asks (RPC ``sleep``) and only after this many seconds
     #: without work; None: it does not sleep (no sleep command configured).
     allow_sleep_after_s: float | None = Field(default=None, ge=0, le=86_400)
@@ -241,7 +246,11 @@ class Power(_Strict):
     @property
     def can_sleep(self) -> bool:
         """Both halves: it goes to sleep when asked, and the hub has a way to wake it."""
-        return self.allow_sleep_after_s is not None and self.wake.kind != "none"
+        return self.allow_sleep_after_s is not None and self.wake_method.kind != "none"
+
+    @property
+    def wake_method(self) -> WakeMethod:
+        return self.wake or NO_WAKE
 
     def wake_energy_j(self) -> float:
         if self.wake_j is not None:

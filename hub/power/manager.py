@@ -19,7 +19,7 @@ import collections
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ..capability import WakeMethod
 from ..clock import Clock, SystemClock
@@ -28,13 +28,15 @@ from ..registry import DeviceRecord
 from ..router.fleet import DEFAULT_WAKE_MS
 from ..router.model import RouteDecision, TaskRequest
 from ..router.route import RouterConfig
-from .plan import Demand, DeferredWork, DevicePower, PowerConfig, PowerPlan, plan_power, readiness
+from .plan import Demand, DeferredWork, DevicePower, PowerConfig, PowerPlan, PowerState, plan_power, readiness
 from .signals import WakeError
 
 log = logging.getLogger(__name__)
 
 #: After a failed wake the device is not offered to the router again for this long.
 WAKE_RETRY_S = 600.0
+#: Changes (a device back, a deferral, calls ended) are gathered for this long before planning.
+REPLAN_S = 1.0
 #: A wake is waited for at least this long, however fast the device came back before.
 MIN_WAKE_WAIT_S = 1.0
 #: How long the ``sleep`` request may take to be answered.
@@ -173,11 +175,21 @@ class PowerManager:
                 async with asyncio.timeout(delay):
                     await self._poke.wait()
             except TimeoutError:
-                pass
+                continue
+            # Woken by a change: at most one plan per REPLAN_S, or an announce storm of a thousand
+            # devices would plan a thousand times.
+            await asyncio.sleep(REPLAN_S)
 
     def make_plan(self) -> PowerPlan:
         now = self.clock.time()
-        devices = [p for rec in self.records() if (p := self._device_power(rec, now)) is not None]
+        # Only what the plan can change: a device awake that cannot sleep stays awake, and is
+        # left out (a thousand such devices cost ~40 ms a plan, most of it the energy snapshot).
+        managed = [(rec, state) for rec in self.records() if (state := self._state(rec)) != "offline"
+                   and self.trusted(rec.id) and (state != "awake" or not self._cannot_sleep(rec, now))]
+        devices = []
+        if managed:
+            snap = self.energy()
+            devices = [self._device_power(rec, state, now, snap) for rec, state in managed]
         demand = {}
         horizon = now - self.cfg.demand_window_s
         for device_id, log_ in self.devices.items():
@@ -211,7 +223,7 @@ class PowerManager:
         return {"device": device_id, "ok": why is None, "result": why or "asleep"}
 
     def status(self) -> dict[str, Any]:
-        plan = self.plan or self.make_plan()
+        plan = self.make_plan()  # what the planner intends now (the loop acts on it at its next round)
         now = self.clock.time()
         by_id = {d.device_id: d for d in plan.decisions}
         devices = []
@@ -220,10 +232,13 @@ class PowerManager:
                 continue
             p, log_ = rec.capability.power, self.devices.get(rec.id)
             d = by_id.get(rec.id)
+            state = self._state(rec)
+            left = [] if d is not None or state == "offline" else [self._cannot_sleep(rec, now)]
             devices.append({
-                "id": rec.id, "state": self._state(rec), "action": d.action if d else None,
-                "at": d.at if d else None, "reasons": list(d.reasons) if d else [],
-                "idle_w": p.idle_w, "sleep_w": p.sleep_w, "wake": p.wake.kind,
+                "id": rec.id, "state": state,
+                "action": d.action if d else "stay_awake" if left else None,
+                "at": d.at if d else None, "reasons": list(d.reasons) if d else left,
+                "idle_w": p.idle_w, "sleep_w": p.sleep_w, "wake": p.wake_method.kind,
                 "wake_latency_ms": p.wake_latency_ms,
                 "observed_wake_ms": log_.observed_wake_ms if log_ else None,
                 "wakes": log_.wakes if log_ else 0, "wake_failures": log_.wake_failures if log_ else 0,
@@ -270,29 +285,29 @@ class PowerManager:
         announced = rec.capability.power.wake_latency_ms
         return announced if announced is not None else DEFAULT_WAKE_MS
 
-    def _device_power(self, rec: DeviceRecord, now: float) -> DevicePower | None:
-        state = self._state(rec)
-        if state == "offline" or not self.trusted(rec.id):
-            return None
+    def _cannot_sleep(self, rec: DeviceRecord, now: float) -> str:
+        """Why the hub may not put the device to sleep, in words; empty when it may."""
+        p, log_ = rec.capability.power, self.devices.get(rec.id)
+        if rec.id in self.cfg.keep_awake:
+            return "in power.keep_awake"
+        if p.allow_sleep_after_s is None:
+            return "it announces no sleep command (sovereign agent --sleep-command)"
+        if p.wake_method.kind == "none":
+            return "it announces no way to wake it (Wake-on-LAN or a smart plug)"
+        if log_ is not None and log_.wake_failed_until > now:
+            return f"its last wake failed: not put to sleep again for {log_.wake_failed_until - now:.0f} s"
+        return ""
+
+    def _device_power(self, rec: DeviceRecord, state: str, now: float, snap: EnergySnapshot) -> DevicePower:
         p = rec.capability.power
         log_ = self._log(rec.id)
-        if rec.id in self.cfg.keep_awake:
-            why = "in power.keep_awake"
-        elif p.allow_sleep_after_s is None:
-            why = "it announces no sleep command (sovereign agent --sleep-command)"
-        elif p.wake.kind == "none":
-            why = "it announces no way to wake it (Wake-on-LAN or a smart plug)"
-        elif log_.wake_failed_until > now:
-            why = f"its last wake failed: not put to sleep again for {log_.wake_failed_until - now:.0f} s"
-        else:
-            why = ""
-        snap = self.energy()
+        why = self._cannot_sleep(rec, now)
         view = snap.devices.get(rec.id)
         g = view.marginal_g_per_kwh if view else snap.site_marginal_g_per_kwh
         price = view.marginal_price_per_kwh if view else snap.site_marginal_price_per_kwh
         wake_ms = self._wake_ms(rec)
         load = rec.energy.load.active if rec.energy is not None and rec.online else 0
-        return DevicePower(rec.id, state, why, p.idle_w or 0.0, p.sleep_w or 0.0, wake_ms,
+        return DevicePower(rec.id, cast(PowerState, state), why, p.idle_w or 0.0, p.sleep_w or 0.0, wake_ms,
                            p.wake_j if p.wake_j is not None else (p.active_w or p.idle_w or 0.0) * wake_ms / 1000,
                            p.allow_sleep_after_s or 0.0, max(log_.busy, load), log_.idle_since, g or 0.0,
                            price or 0.0, log_.waking_since,
@@ -334,7 +349,7 @@ class PowerManager:
         self.on_change()
         try:
             try:
-                sent = await self.signals.send(device_id, rec.capability.power.wake)
+                sent = await self.signals.send(device_id, rec.capability.power.wake_method)
             except WakeError as exc:
                 return self._wake_failure(log_, device_id, f"wake signal not sent: {exc}")
             log.info("waking %s (%s): %s", device_id, reason, sent)

@@ -27,7 +27,7 @@ def fleet_snapshot(records: list[DeviceRecord], energy: EnergySnapshot,
     views = []
     for rec in records:
         cap, report = rec.capability, rec.energy
-        asleep = rec.sleeping and cap.power.wake.kind != "none" and wakeable(rec.id)
+        asleep = rec.sleeping and cap.power.wake_method.kind != "none" and wakeable(rec.id)
         if not trusted(rec.id) or not asleep and (not rec.online or not any(
                 on for source, on in rec.sources.items() if source not in HINT_SOURCES)):
             continue

@@ -52,7 +52,7 @@ SIM_MAC = "02:00:00:00:00:00"
 
 def capability(d: SimDevice) -> Capability:
     """What the device announces, as an agent would."""
-    wake = WakeMethod() if d.wake == "none" else WakeMethod(kind="wol", mac=SIM_MAC) if d.wake == "wol" \
+    wake = None if d.wake == "none" else WakeMethod(kind="wol", mac=SIM_MAC) if d.wake == "wol" \
         else WakeMethod(kind="ha_switch", command_topic=f"sim/{d.id}/set")
     return Capability(
         v=PROTOCOL_VERSION, id=d.id, name=d.id, tier=d.tier, software="sovereign simulate",
