@@ -96,6 +96,10 @@ class DeviceState:
     start_pct: float | None
     running: int = 0
     floor_violations: int = 0
+    #: Its own stream of draws (latencies, failures, wakes): what one device draws does not move
+    #: another's, so that policies sending different work to different devices are compared on
+    #: the same luck (common random numbers).
+    rng: random.Random = field(default_factory=random.Random)
     asleep: bool = False
     waking: bool = False
     wakes: int = 0
@@ -134,7 +138,8 @@ class SimHome:
         for d in self.fleet.devices:
             pct = (d.battery_pct if d.battery_pct is not None else 100.0) if d.battery_wh else None
             rec = DeviceRecord(capability(d), 0.0, 0.0, sources={"sim": True}, online=True)
-            self.devices[d.id] = DeviceState(d, rec, {m.name: m for m in d.models}, pct, pct)
+            self.devices[d.id] = DeviceState(d, rec, {m.name: m for m in d.models}, pct, pct,
+                                             rng=random.Random(self.rng.getrandbits(64)))
         self._solar_max = max(self.solar.values) if self.solar else 0.0
         self._inputs: dict[str, InputValue] = {}
         self._forecasts: dict[str, list[ForecastPoint]] = {}
@@ -261,8 +266,8 @@ class SimHome:
             return _error(request_id, "unavailable", f"{device_id} cannot run {params.get('model')!r} now")
         task = str(params["task"])
         sigma = max(0.05, math.log(model.p95_ms / model.p50_ms) / 1.645)
-        latency_s = model.p50_ms * math.exp(self.rng.gauss(0, sigma)) / 1000
-        fails = self.rng.random() < model.failure_rate
+        latency_s = model.p50_ms * math.exp(s.rng.gauss(0, sigma)) / 1000
+        fails = s.rng.random() < model.failure_rate
         s.running += 1
         try:
             await asyncio.sleep(min(latency_s, timeout_s))
@@ -300,7 +305,7 @@ class SimHome:
             return "already awake or waking"
         d = s.spec
         s.wakes += 1
-        if self.rng.random() < d.wake_failure_rate:
+        if d.wake_failure_rate and s.rng.random() < d.wake_failure_rate:
             return f"simulated {d.wake} wake, never answered"
         s.waking = True
         self._draw(s, d.wake_j if d.wake_j is not None else d.active_w * d.wake_ms / 1000, plugged(d, self.clock.time()))
