@@ -137,7 +137,7 @@ async def wake_lag(rounds: int) -> dict[str, object]:
             req = TaskRequest(id=f"r{i}", task="summarize", text="the week's notes", budget_ms=60_000,
                               deadline=run_at + 3600)
             manager.decided(req, route(req, fleet, router), run_at)
-            planned = await planned_wake(manager)
+            planned = await asyncio.wait_for(planned_wake(manager), 30)
             arrived = await asyncio.wait_for(listener.arrivals.get(), 30)
             lags.append(arrived - planned)
             # The device comes back; the request runs and is released.

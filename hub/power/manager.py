@@ -87,6 +87,8 @@ class PowerManager:
         self._wakes: dict[str, asyncio.Task[str | None]] = {}
         self._awake: dict[str, asyncio.Event] = {}
         self._poke = asyncio.Event()
+        #: The poke is for work (a deferral, calls ended): plan at once, not after REPLAN_S.
+        self._urgent = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- what the dispatcher tells and asks -----------------------------------------------------
@@ -98,7 +100,7 @@ class PowerManager:
         if run_at is not None:
             if r is not None:
                 self.deferred[req.id] = DeferredWork(run_at, r.device_id, r.advantage)
-                self._poke.set()
+                self._poke_now()
             return
         if r is None or not r.advantage:
             return
@@ -116,7 +118,7 @@ class PowerManager:
         log_.busy = max(0, log_.busy + delta)
         log_.idle_since = self.clock.time()
         if not log_.busy:
-            self._poke.set()  # idle from now: plan when it may sleep
+            self._poke_now()  # idle from now: plan when it may sleep
 
     def wake_failed(self, device_id: str) -> bool:
         """Not to be offered to the router: its last wake failed recently."""
@@ -171,14 +173,16 @@ class PowerManager:
                         next_at = min(next_at, ask)
             delay = max(0.0, next_at - self.clock.time())
             self._poke.clear()
+            self._urgent = False
             try:
                 async with asyncio.timeout(delay):
                     await self._poke.wait()
             except TimeoutError:
                 continue
-            # Woken by a change: at most one plan per REPLAN_S, or an announce storm of a thousand
-            # devices would plan a thousand times.
-            await asyncio.sleep(REPLAN_S)
+            if not self._urgent:
+                # A device changed: at most one plan per REPLAN_S, or an announce storm of a
+                # thousand devices would plan a thousand times.
+                await asyncio.sleep(REPLAN_S)
 
     def make_plan(self) -> PowerPlan:
         now = self.clock.time()
@@ -259,6 +263,10 @@ class PowerManager:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _poke_now(self) -> None:
+        self._urgent = True
+        self._poke.set()
 
     def _note(self, log_: DeviceLog, what: str) -> None:
         log_.events.append((self.clock.time(), what))
@@ -374,7 +382,7 @@ class PowerManager:
             log_.waking_since = None
             self._awake.pop(device_id, None)
             self.on_change()
-            self._poke.set()  # plan again now that it is back (or given up on)
+            self._poke_now()  # plan again now that it is back (or given up on)
 
     def _record_online(self, device_id: str) -> bool:
         rec = self._record(device_id)
