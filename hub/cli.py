@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, cli_pairing, cli_token
-from .cli_api import api_call, columns, open_api
+from .cli_api import api_call, columns, format_power, open_api
 from .capability import Tier, is_valid_device_id
 from .config import BrokerUrl, ConfigError, TlsConfig, load_config
 
@@ -768,7 +768,6 @@ def _cmd_feedback(args: argparse.Namespace) -> int:
 
 def _cmd_power(args: argparse.Namespace) -> int:
     """``power``: states and plan (GET /api/power); ``power ID wake|sleep``: now (an admin write)."""
-    from .cli_api import format_power
     if args.device_id is None:
         return _show(args, "/api/power", format_power)
     if args.action is None:
