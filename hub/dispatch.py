@@ -252,9 +252,9 @@ class Dispatcher:
         if req.deadline is not None and len(self.deferred) < self.cfg.max_deferred:
             plan = plan_deferral(req, decision, self.energy(), self.thresholds)
             run_at = plan.run_at if plan.run_at > now() + 1 else None
-        if power is not None:
-            power.decided(req, decision, run_at)  # demand for readiness, or batch work to wake for
         if run_at is not None:
+            if power is not None:
+                power.decided(req, decision, run_at)  # batch work a sleeping device may be woken for
             try:
                 deferred_s = await self._wait_until(req, run_at, reply)
             finally:
@@ -280,6 +280,8 @@ class Dispatcher:
                                 "model": model, "layer": "cache"}, cached.get("confidence"),
                                 cached=True, reasons=reasons + [f"answered from the cache ({model}, {runtime})"],
                                 deferred_s=deferred_s)
+        if power is not None and run_at is None:
+            power.decided(req, decision, None)  # demand for readiness: a device will run it now
         while True:
             if req.mode == "consensus":
                 out = await self._consensus(req, decision, reasons)

@@ -68,8 +68,9 @@ class DeviceLog:
     #: What was done and seen, newest last, in words: (Unix time, text).
     events: collections.deque[tuple[float, str]] = field(default_factory=lambda: collections.deque(maxlen=20))
     next_sleep_ask: float = 0.0
-    demand: collections.deque[tuple[float, float]] = field(default_factory=collections.deque)
-    demand_sum: float = 0.0
+    #: Readiness per minute: [minute start, decisions, advantage] (at 600 decisions a second an
+    #: hour of single entries would be 2 million; an hour of minutes is 60).
+    demand: collections.deque[list[float]] = field(default_factory=collections.deque)
 
 
 class PowerManager:
@@ -104,10 +105,13 @@ class PowerManager:
             return
         if r is None or not r.advantage:
             return
-        log_ = self._log(r.device_id)
-        now = self.clock.time()
-        log_.demand.append((now, r.advantage))
-        log_.demand_sum += r.advantage
+        demand = self._log(r.device_id).demand
+        minute = self.clock.time() // 60 * 60
+        if demand and demand[-1][0] == minute:
+            demand[-1][1] += 1
+            demand[-1][2] += r.advantage
+        else:
+            demand.append([minute, 1, r.advantage])
 
     def released(self, request_id: str) -> None:
         self.deferred.pop(request_id, None)
@@ -197,10 +201,10 @@ class PowerManager:
         demand = {}
         horizon = now - self.cfg.demand_window_s
         for device_id, log_ in self.devices.items():
-            while log_.demand and log_.demand[0][0] < horizon:
-                log_.demand_sum -= log_.demand.popleft()[1]
+            while log_.demand and log_.demand[0][0] + 60 <= horizon:  # whole minutes out of the window
+                log_.demand.popleft()
             if log_.demand:
-                demand[device_id] = Demand(len(log_.demand), max(0.0, log_.demand_sum))
+                demand[device_id] = Demand(int(sum(m[1] for m in log_.demand)), sum(m[2] for m in log_.demand))
         by_device: dict[str, list[DeferredWork]] = {}
         for work in self.deferred.values():
             by_device.setdefault(work.device_id, []).append(work)
