@@ -1,0 +1,1 @@
+"""The voice feature: audio in, wake words and transcripts out."""
