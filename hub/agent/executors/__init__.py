@@ -11,7 +11,7 @@ from .base import ExecError, Executor
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("code", "simulated", "tflite", "ollama", "cloud", "llamacpp")
+RUNTIMES = ("code", "simulated", "tflite", "ollama", "cloud", "llamacpp", "whisper", "wakeword")
 
 
 @dataclass
@@ -55,6 +55,12 @@ class ExecutorSet:
         if runtime == "llamacpp":
             from .llamacpp import LlamaCppExecutor
             return LlamaCppExecutor()
+        if runtime == "whisper":
+            from .whisper import WhisperExecutor
+            return WhisperExecutor(o.models_dir)
+        if runtime == "wakeword":
+            from .wakeword import WakeWordExecutor
+            return WakeWordExecutor(o.models_dir)
         raise ExecError("unavailable", f"no executor for runtime {runtime!r} on this device (known: {', '.join(RUNTIMES)})")
 
     async def aclose(self) -> None:

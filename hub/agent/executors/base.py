@@ -1,11 +1,11 @@
 """What an executor is: the code that runs one model of one runtime inside the agent.
 
 The agent picks the executor by the model's ``runtime`` (``code``, ``simulated``, ``tflite``,
-``ollama``, ``cloud``, ``llamacpp``) and calls :meth:`Executor.run` once per request. An
-executor raises :class:`ExecError` with a code from :data:`ERROR_CODES` for anything the caller
-should see; the agent turns it into the RPC error body. For text generation, ``emit`` (when
-given) receives the answer in pieces as they are produced, in order; ``run`` still returns the
-whole answer at the end.
+``ollama``, ``cloud``, ``llamacpp``, ``whisper``, ``wakeword``) and calls :meth:`Executor.run`
+once per request. An executor raises :class:`ExecError` with a code from :data:`ERROR_CODES` for
+anything the caller should see; the agent turns it into the RPC error body. For text
+generation, ``emit`` (when given) receives the answer in pieces as they are produced, in order;
+``run`` still returns the whole answer at the end.
 """
 
 from __future__ import annotations
