@@ -207,7 +207,7 @@ class SameOrigin:
             # A body a browser can send without a CORS preflight is text/plain, a form or multipart:
             # none of them is JSON, so they never reach a handler. (An empty body may say anything:
             # aiohttp clients call it application/octet-stream.)
-            if not is_json_media_type(ctype or ""):
+            if not is_json_media_type(ctype or "") and not _upload(request, ctype or "", origin is not None):
                 return Refusal(415, "unsupported_media_type", f"{request.method} bodies must be application/json "
                                f"(got {(ctype or 'no Content-Type')[:100]})", detail=(ctype or "")[:100])
         return None
@@ -220,6 +220,21 @@ class SameOrigin:
             return False
         scheme, name, port = origin
         return name == host[0] and port == (host[1] or _DEFAULT_PORT[scheme])
+
+
+#: Where a file may be posted as multipart/form-data (audio: ``curl -F file=@clip.wav``, the
+#: dashboard's push-to-talk).
+UPLOAD_PATHS = frozenset({"/api/infer", "/api/voice"})
+
+
+def _upload(request: web.Request, ctype: str, origin_checked: bool) -> bool:
+    """A multipart upload is let through only where files are taken, and only from the hub's own
+    pages (their Origin was checked above) or from a client that is not a browser page at all
+    (no Origin, no Fetch Metadata: curl, the CLI). A form on another site that some browser sends
+    without an Origin still says ``Sec-Fetch-Site``, and is refused."""
+    if ctype.split(";", 1)[0].strip().lower() != "multipart/form-data" or request.path not in UPLOAD_PATHS:
+        return False
+    return origin_checked or request.headers.get("Sec-Fetch-Site") in (None, "same-origin")
 
 
 def _link_to_page(request: web.Request) -> bool:

@@ -59,7 +59,7 @@ class PowerSource(StrEnum):
 #: router simply never matches them.
 KNOWN_TASKS = (
     "intent", "classify", "embed", "transcribe", "summarize", "qa", "format",
-    "draft", "code", "reason", "vision", "eeg", "echo",
+    "draft", "code", "reason", "vision", "eeg", "echo", "wakeword",
 )
 TaskName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 
@@ -82,6 +82,7 @@ TASK_INPUTS: dict[str, tuple[tuple[str, ...], str]] = {
     "classify": (("text", "data"), "the text (or the feature bytes) to classify"),
     "embed": (("text",), "the text to embed"),
     "transcribe": (("data", "ref"), "audio: base64 bytes in data, or a ref the device resolves"),
+    "wakeword": (("data",), "audio: base64 WAV (or 16 kHz 16-bit mono PCM) bytes in data"),
     "summarize": (("text",), "the text to summarise"),
     "qa": (("text",), "the question as text"),
     "format": (("text",), "the text to format"),
@@ -291,6 +292,12 @@ class ModelSpec(_Strict):
         default=None, description="Expected quality for the tasks where it differs from `quality` (a model that "
                                   "chats well and reasons badly); keys must be among `tasks`")
     size_mb: float | None = Field(default=None, ge=0)
+    #: Speech models: a call costs latency_ms (its fixed part) plus this per second of audio, so
+    #: the router prices a 2 s command and a 10 min recording differently.
+    ms_per_audio_s: float | None = Field(default=None, ge=0, le=1_000_000, description="Speech models: "
+                                         "processing ms per second of audio, on top of latency_ms")
+    energy_j_per_audio_s: float | None = Field(default=None, ge=0, le=100_000, description="Speech models: "
+                                               "joules per second of audio, on top of energy_j_per_call")
 
     @model_validator(mode="after")
     def _task_quality_for_own_tasks(self) -> "ModelSpec":

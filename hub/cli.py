@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cli_pairing, cli_token
+from . import __version__, cli_pairing, cli_token, cli_voice
 from .cli_api import api_call, columns, format_power, open_api
 from .capability import Tier, is_valid_device_id
 from .config import BrokerUrl, ConfigError, TlsConfig, load_config
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--requester", help="device id asking")
         t.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", DEFAULT_API), help=URL_HELP)
         t.add_argument("--json", action="store_true", help="print the whole JSON result")
+        t.add_argument("--file", type=Path, help="the input from a file, sent as data (audio for transcribe: a WAV)")
+        t.add_argument("--model", help="only this model (on whichever device serving it the router picks)")
         if name == "infer":
             t.add_argument("--stream", action="store_true", help="print text as it is generated")
             t.add_argument("--max-tokens", type=int, help="at most this many tokens of output")
@@ -234,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="recorded seconds of grid data per real second (default 720: a day in 2 minutes)")
 
     cli_token.add_parser(sub)
+    cli_voice.add_parser(sub, DEFAULT_API, URL_HELP)
 
     comp = sub.add_parser("completion", help="print the shell completion script",
                           description="bash: eval \"$(sovereign completion bash)\" in ~/.bashrc; zsh: the same in "
@@ -301,6 +305,8 @@ def _main(argv: list[str] | None) -> int:
             return _cmd_simulate(args)
         if args.command == "token":
             return cli_token.run(args)
+        if args.command == "listen":
+            return cli_voice.run(args)
         if args.command == "completion":
             import argcomplete
             print(argcomplete.shellcode(["sovereign"], shell=args.shell), end="")
@@ -506,9 +512,21 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_task(args: argparse.Namespace) -> int:
-    text = args.text if args.text is not None else sys.stdin.read()
-    body: dict[str, Any] = {"task": args.task, "text": text, "budget_ms": args.budget_ms,
+    body: dict[str, Any] = {"task": args.task, "budget_ms": args.budget_ms,
                             "quality_floor": args.quality_floor, "local_only": args.local_only, "mode": args.mode}
+    if args.file is not None:
+        if args.text is not None:
+            print("error: give the input as text or --file, not both", file=sys.stderr)
+            return 2
+        try:
+            body["data"] = base64.b64encode(args.file.read_bytes()).decode()
+        except OSError as exc:
+            print(f"error: --file: {exc}", file=sys.stderr)
+            return 2
+    else:
+        body["text"] = args.text if args.text is not None else sys.stdin.read()
+    if args.model:
+        body["model"] = args.model
     if args.requester:
         body["requester"] = args.requester
     infer = args.command == "infer"

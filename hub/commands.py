@@ -53,7 +53,7 @@ class Commands:
         group = hub.config.mqtt.share_group
         self.subscription = f"$share/{group}/{self.topic}" if group else self.topic
         # Text up to the input cap, as JSON (escaping) plus the envelope.
-        self.max_bytes = hub.config.dispatch.max_input_bytes * 2 + 64 * 1024
+        self.max_bytes = hub.config.dispatch.max_body_bytes()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, message: Message) -> bool:

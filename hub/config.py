@@ -258,8 +258,16 @@ class DispatchConfig(_Section):
     queue_per_slot: int = Field(default=8, ge=0, le=1000)
     #: Largest input accepted from a client (text, or base64 data once decoded).
     max_input_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: Largest audio input (transcribe, wakeword; decoded bytes): 10 min of 16 kHz 16-bit mono is
+    #: 19.2 MB.
+    max_audio_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     #: A request with no ``timeout_ms`` of its own ends after this.
     default_timeout_ms: float = Field(default=30_000, gt=0, le=3_600_000)
+
+    def max_body_bytes(self) -> int:
+        """The largest request body to read (HTTP, an MQTT command): the larger input cap as JSON
+        text (escaping can double text; base64 is 4/3 of the bytes) plus the envelope."""
+        return max(1024 * 1024, self.max_input_bytes * 2, self.max_audio_bytes * 4 // 3) + 64 * 1024
     #: Consensus fan-out.
     consensus_k: int = Field(default=3, ge=2, le=9)
     #: Deferred requests held at once (beyond: run now).

@@ -21,6 +21,7 @@ a simulated home's and a virtual clock): the simulator runs this same code.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
 import logging
@@ -36,13 +37,14 @@ from .energy.model import EnergySnapshot, ModeThresholds
 from .router.cache import ResultCache, normalise
 from .router.learner import PromptEstimate, PromptLearner
 from .router.ledger import Ledger, LedgerEntry
-from .router.model import MAX_BUDGET_MS, Candidate, FleetSnapshot, RouteDecision, TaskRequest
+from .router.model import AUDIO_TASKS, MAX_BUDGET_MS, Candidate, FleetSnapshot, RouteDecision, TaskRequest
 from .router.plan import plan_consensus, plan_deferral
 from .router.request import Attempt, InferOutcome, InferRequest, RequestError
 from .router.route import RouterConfig, cloud_counterfactual, route
 from .router.rules import RuleBook
 from .router.stats import Outcome, StatsStore
 from .rpc import BACKPRESSURE_ERRORS, CALLER_ERRORS, MAX_TIMEOUT_MS, OnChunk, RpcErrorBody, RpcResponse
+from .voice.audio import AudioError, wav_duration_s
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,26 @@ class Slots:
         return False
 
 
+def audio_seconds(req: TaskRequest, fleet: FleetSnapshot, pcm_rate: int | None = None) -> float:
+    """A speech request's audio length from its header, and a refusal when a budget the client
+    set cannot be met by any speech model: ten minutes of audio never fits a 300 ms budget."""
+    assert req.data is not None
+    try:
+        seconds = wav_duration_s(base64.b64decode(req.data), where="data", pcm_rate=pcm_rate)
+    except AudioError as exc:
+        raise RequestError(exc.code, exc.message, 413 if exc.code == "too_long" else 400) from None
+    if "budget_ms" in req.model_fields_set:
+        fastest = min(((e.p50 + max(0.0, seconds - e.audio_free_s) * e.ms_per_audio_s, e)
+                       for e in fleet.by_task.get(req.task, ()) if req.model in (None, e.model.name)),
+                      default=None, key=lambda t: t[0])
+        if fastest is not None and fastest[0] > req.budget_ms:
+            ms, e = fastest
+            raise RequestError("over_budget", f"{seconds:.1f} s of audio: the fastest {req.task} model "
+                                              f"({e.model.name} on {e.device.id}) needs about {ms:.0f} ms, over "
+                                              f"the {req.budget_ms:.0f} ms budget", 422)
+    return seconds
+
+
 class Dispatcher:
     """Runs requests on what it is handed (the composition root, hub/runtime.py, wires the live
     hub's services; hub/simulate.py wires simulated devices and a virtual clock): the same
@@ -163,11 +185,20 @@ class Dispatcher:
         self._refining: set[tuple[str, str]] = set()  # (task, normalised input) being refined
         self._background: set[asyncio.Task[None]] = set()
 
-    def check(self, req: InferRequest) -> None:
+    def check(self, req: InferRequest) -> InferRequest:
+        """Refuse what no device should see; return the request with what the edge derives from
+        its input (a speech request's audio seconds, read from its WAV header)."""
         size = len(req.text.encode()) if req.text is not None else (len(req.data) * 3 // 4 if req.data else 0)
-        if size > self.cfg.max_input_bytes:
-            raise RequestError("too_large", f"input of {size} bytes exceeds the limit of {self.cfg.max_input_bytes}"
-                                            " (dispatch.max_input_bytes)", 413)
+        audio = req.task in AUDIO_TASKS and req.data is not None
+        cap, cap_name = ((self.cfg.max_audio_bytes, "max_audio_bytes") if audio
+                         else (self.cfg.max_input_bytes, "max_input_bytes"))
+        if size > cap:
+            raise RequestError("too_large", f"input of {size} bytes exceeds the limit of {cap} (dispatch.{cap_name})",
+                               413)
+        if audio and req.audio_s is None:
+            pcm_rate = req.options.get("pcm_rate")
+            req = req.model_copy(update={"audio_s": audio_seconds(
+                req, self.fleet(), pcm_rate if isinstance(pcm_rate, int) else None)})
         if req.text is not None:
             # Refused here rather than by every device in turn: no model of the task takes it.
             limits = [e.model.max_text_chars for e in self.fleet().by_task.get(req.task, ())]
@@ -177,12 +208,14 @@ class Dispatcher:
                                    413)
         if req.requester is not None and not self.known_device(req.requester):
             raise RequestError("unknown_device", f"requester {req.requester!r} is not a known device")
+        return req
+
 
     async def infer(self, req: InferRequest, emit: OnChunk | None = None,
                     reply: ReplyRoute | None = None) -> InferOutcome:
         """Run a request. ``reply`` is where an MQTT command's answer goes: kept with the request
         if it is deferred, so that a restarted hub can still answer it."""
-        self.check(req)
+        req = self.check(req)
         if not req.id:
             req = req.model_copy(update={"id": uuid.uuid4().hex[:16]})
         clock = self.clock
@@ -531,8 +564,8 @@ class Dispatcher:
             # Refused before any work: a full device or an invalid request is not its failure.
             return None, Attempt(cand.device_id, cand.model, cand.tier.value, False, ms, error), err
         conf = answer.get("confidence") if answer else None
-        self.stats.record(Outcome(req.id, cand.device_id, cand.model, req.task, cand.tier.value, ok, ms, self.clock.time(),
-                                 error, conf))
+        self.stats.record(Outcome(req.id, cand.device_id, cand.model, req.task, cand.tier.value, ok,
+                                  max(0.0, ms - cand.audio_ms), self.clock.time(), error, conf))
         joules = _joules(cand, answer) if answer else 0.0
         self._ledger(req, cand.device_id, cand.model, cand.tier.value, ok, ms, joules, _gco2(cand, joules),
                      cand.cost if ok else 0.0)

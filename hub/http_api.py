@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import math
@@ -13,7 +14,7 @@ from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from . import __version__
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -21,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from .auth import Guard, Refusal, SameOrigin
 from .capability import KNOWN_TASKS, is_valid_device_id
 from .config import format_validation_error
+from .dispatch import audio_seconds
 from .router.request import InferOutcome, InferRequest, RequestError
 from .energy.forecast import NoWindow, best_window, covered_until, fit_defaults, mean_over, no_window_hint
 from .pairing_api import PairingHub, add_pairing_routes
 from .router.learner import FeedbackError
-from .router.model import Candidate, FleetSnapshot, RouteDecision, TaskRequest
+from .router.model import AUDIO_TASKS, Candidate, FleetSnapshot, RouteDecision, TaskRequest
 from .router.route import counterfactual_document, route, rule_decision
 from .rpc import CALLER_ERRORS
 
@@ -166,8 +168,7 @@ def make_app(hub: ApiHub) -> web.Application:
 
     # Bodies up to the input cap as JSON text (escaping can double it) plus the envelope; the
     # dispatcher checks the decoded input against the cap itself.
-    app = web.Application(middlewares=[errors, security],
-                          client_max_size=max(1024 * 1024, hub.config.dispatch.max_input_bytes * 2 + 64 * 1024))
+    app = web.Application(middlewares=[errors, security], client_max_size=hub.config.dispatch.max_body_bytes())
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response(health_document(hub))
@@ -241,8 +242,12 @@ def make_app(hub: ApiHub) -> web.Application:
     async def route_dry_run(request: web.Request) -> web.Response:
         try:
             req = TaskRequest.model_validate_json(await request.read())
+            if req.task in AUDIO_TASKS and req.data is not None and req.audio_s is None:
+                req = req.model_copy(update={"audio_s": audio_seconds(req, hub.fleet())})
         except ValidationError as exc:
             return error(400, "bad_request", format_validation_error(exc).replace("\n", "; "))
+        except RequestError as exc:
+            return error(exc.status, exc.code, exc.message)
         rule = hub.rules.find(req)
         if rule is not None:
             decision = rule_decision(req, rule.id, rule.answer, hub.config.router.policy)
@@ -254,8 +259,11 @@ def make_app(hub: ApiHub) -> web.Application:
 
     async def infer(request: web.Request) -> web.StreamResponse:
         try:
-            req = InferRequest.model_validate_json(await request.read())
-            hub.dispatcher.check(req)
+            if request.content_type.startswith("multipart/"):
+                req = await _multipart_request(request)
+            else:
+                req = InferRequest.model_validate_json(await request.read())
+            req = hub.dispatcher.check(req)
         except ValidationError as exc:
             return error(400, "bad_request", format_validation_error(exc).replace("\n", "; "))
         except RequestError as exc:
@@ -415,6 +423,33 @@ def make_app(hub: ApiHub) -> web.Application:
     for method, path, handler in hub.plugin_routes:
         app.router.add_route(method, path, handler)
     return app
+
+
+async def _multipart_request(request: web.Request) -> InferRequest:
+    """``POST /api/infer`` as a form upload (``curl -F request='{"task": "transcribe"}' -F
+    file=@clip.wav``): part ``file`` is the input, sent as ``data``; part ``request`` (optional,
+    JSON) has the other fields; without it the task is ``transcribe``."""
+    fields: dict[str, Any] = {}
+    payload: bytes | None = None
+    async for part in await request.multipart():
+        if not isinstance(part, BodyPartReader):
+            raise RequestError("bad_request", "nested multipart is not supported")
+        if part.name == "file":
+            payload = bytes(await part.read(decode=False))
+        elif part.name == "request":
+            try:
+                fields = json.loads(await part.text())
+            except ValueError as exc:
+                raise RequestError("bad_request", f"part 'request' is not JSON: {exc}") from None
+            if not isinstance(fields, dict) or "data" in fields:
+                raise RequestError("bad_request", "part 'request' must be a JSON object without data "
+                                                  "(the input is part 'file')")
+        else:
+            raise RequestError("bad_request", f"unknown part {part.name!r} (file, request)")
+    if payload is None:
+        raise RequestError("bad_request", "no part 'file' (the input)")
+    fields.setdefault("task", "transcribe")
+    return InferRequest.model_validate({**fields, "data": base64.b64encode(payload).decode()})
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -278,13 +278,27 @@ async def test_writes_must_be_json(mosquitto: Any, make_hub: Any) -> None:
             form = aiohttp.FormData({"task": "echo", "text": "x"})
             multipart = aiohttp.FormData({"task": "echo"})
             multipart.add_field("file", b"x", filename="x.bin")
-            for kw in ({"data": body}, {"data": body.encode()}, {"data": form}, {"data": multipart},
+            for kw in ({"data": body}, {"data": body.encode()}, {"data": form},
                        {"data": body, "headers": {"Content-Type": "text/plain"}},
                        {"data": body, "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
                        {"data": body, "headers": {"Content-Type": "application/jsonp"}}):
                 status, err = await call(s, "POST", url, **kw)
                 assert status == 415 and err["error"]["code"] == "unsupported_media_type", kw
+            # A file upload (multipart) only where files are taken, and never from another
+            # site's page: a sibling site's (Sec-Fetch-Site: same-site) and a foreign Origin.
+            status, err = await call(s, "POST", hub.http_url + "/api/rules/0123456789ab/approve", data=multipart)
+            assert status == 415 and err["error"]["code"] == "unsupported_media_type"
+            for headers, code in (({"Sec-Fetch-Site": "same-site"}, 415), ({"Origin": "http://evil.example"}, 403),
+                                  ({"Sec-Fetch-Site": "cross-site"}, 403)):
+                upload = aiohttp.FormData()
+                upload.add_field("file", b"x", filename="x.wav")
+                status, err = await call(s, "POST", url, data=upload, headers=headers)
+                assert status == code, (headers, err)
             assert hub.dispatcher.counts["requests"] == 0
+            upload = aiohttp.FormData()
+            upload.add_field("file", b"x", filename="x.wav")
+            status, err = await call(s, "POST", url, data=upload)  # curl -F: reaches the handler
+            assert status == 400 and err["error"]["code"] == "bad_audio", err
             status, err = await call(s, "POST", url, data="", headers={"Content-Type": "text/plain"})
             assert status == 400 and err["error"]["code"] == "bad_request", "an empty body may say anything"
             for ctype in ("application/json", "application/json; charset=utf-8", "Application/JSON"):
@@ -297,7 +311,7 @@ async def test_writes_must_be_json(mosquitto: Any, make_hub: Any) -> None:
             status, err = await call(s, "POST", hub.http_url + "/api/rules/0123456789ab/approve",
                                      headers={"Origin": "http://evil.example"})
             assert status == 403 and err["error"]["code"] == "cross_origin"
-        assert counters(hub)["http_refused.unsupported_media_type"] == 7
+        assert counters(hub)["http_refused.unsupported_media_type"] == 8
 
 
 async def test_a_playback_file_that_is_not_a_recording_is_refused(mosquitto: Any, make_hub: Any,

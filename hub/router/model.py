@@ -31,6 +31,10 @@ class TaskRequest(BaseModel):
     data: str | None = Field(default=None, description="base64 bytes")
     ref: str | None = Field(default=None, max_length=2048, description="a reference the device resolves (URL, path)")
     input_size: int | None = Field(default=None, ge=0, description="bytes; derived from text or data when absent")
+    audio_s: float | None = Field(default=None, ge=0, le=86_400, description="seconds of audio in data (speech "
+                                  "tasks); read from its WAV header at the edge when absent")
+    model: str | None = Field(default=None, min_length=1, max_length=128, description="run only this model (on "
+                              "whichever device serving it the router picks), as Ollama's model field")
     budget_ms: float = Field(default=5000, gt=0, le=MAX_BUDGET_MS)
     quality_floor: float = Field(default=0.0, ge=0, le=1)
     local_only: bool = False
@@ -127,11 +131,23 @@ class Entry:
     announced: Live  # what to use while nothing has been learned
     rank: int  # tier.rank, read once per candidate per decision
     tiny_only: bool  # a larger than tiny model on a device in tiny_only mode (its battery is low)
+    #: Speech models: ms and joules per second of audio beyond the first ``audio_free_s`` (0 when
+    #: the model announced per-second figures; otherwise its per-call figures cover a
+    #: ``REFERENCE_AUDIO_S`` clip and longer audio scales them).
+    ms_per_audio_s: float = 0.0
+    j_per_audio_s: float = 0.0
+    audio_free_s: float = 0.0
     #: task → (the Learned it was blended with, the blend). The stats snapshot after an outcome
     #: shares every other key's Learned with the one before, so decisions in the same fleet
     #: snapshot (the same `now`) blend only what changed.
     blended: dict[str, "tuple[Learned, Live]"] = field(default_factory=dict, compare=False, repr=False)
 
+
+#: Speech tasks, whose cost grows with the audio's length.
+AUDIO_TASKS = frozenset({"transcribe", "wakeword"})
+#: The clip a speech model's per-call figures are taken to cover when it announced no
+#: per-second ones (a spoken command is 2-5 s).
+REFERENCE_AUDIO_S = 5.0
 
 #: Typical p50/p95 (ms) for a tier when a model has not been measured yet.
 TIER_LATENCY_MS = {Tier.tiny: (10, 30), Tier.small: (600, 1500), Tier.medium: (1500, 4000), Tier.large: (2000, 6000)}
@@ -163,9 +179,15 @@ def _entry(d: DeviceView, m: ModelSpec, task: str) -> Entry:
     tier = Tier.large if cloud else d.tier
     announced = m.quality_for(task)
     quality = announced if announced is not None else TIER_QUALITY[tier]
+    audio = (0.0, 0.0, 0.0)
+    if task in AUDIO_TASKS:
+        if m.ms_per_audio_s is not None:
+            audio = (m.ms_per_audio_s, m.energy_j_per_audio_s or 0.0, 0.0)
+        else:
+            audio = ((p50 - wake_ms) / REFERENCE_AUDIO_S, (joules - wake_j) / REFERENCE_AUDIO_S, REFERENCE_AUDIO_S)
     return Entry(d, m, cloud, tier, quality, p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, per_token,
                  g_per_j, price_per_j, below, wake_ms, wake_j, Live(p50 + queue, p95 + queue, 1.0, quality), tier.rank,
-                 tier is not Tier.tiny and d.energy_mode == "tiny_only")
+                 tier is not Tier.tiny and d.energy_mode == "tiny_only", *audio)
 
 
 @dataclass(frozen=True)
@@ -212,6 +234,10 @@ class Candidate:
     #: and ``wake_score`` of the score are the wake's).
     wake_ms: float = 0.0
     wake_score: float = 0.0
+    #: The part of the latencies above that is the request's audio (speech models): what is
+    #: learned from outcomes is the call without it, so a 10 min recording and a 2 s command teach
+    #: the same figure.
+    audio_ms: float = 0.0
 
     @property
     def reasons(self) -> tuple[str, ...]:

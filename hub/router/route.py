@@ -234,6 +234,9 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, quality: float, cfg: Rout
     d, m, tier = e.device, e.model, e.tier
     joules, gco2, cost, priced = (_request_costs(req, e, cfg) if e.cloud or e.j_per_token
                                   else (e.joules, e.gco2, e.cost, True))
+    audio_ms, audio_j = _audio_extra(req, e)
+    if audio_j:
+        joules, gco2, cost = joules + audio_j, gco2 + audio_j * e.g_per_j, cost + audio_j * e.price_per_j
     budget = req.budget_ms
 
     def explain() -> tuple[str, ...]:
@@ -252,6 +255,8 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, quality: float, cfg: Rout
         if e.wake_ms or e.wake_j:
             reasons.append(f"asleep: waking it adds {e.wake_ms:.0f} ms and {e.wake_j:.3g} J (the wake and the "
                            f"idle minutes before it may sleep again)")
+        if audio_ms:
+            reasons.append(f"{req.audio_s:.1f} s of audio: +{audio_ms:.0f} ms, +{audio_j:.3g} J")
         if not priced:
             reasons.append("no price for this cloud model (neither router.cloud_prices nor the built-in list)")
         if d.energy_mode == "prefer_small" and tier.rank > Tier.small.rank:
@@ -266,7 +271,20 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, quality: float, cfg: Rout
         if live.p95 > budget >= live.p95 - e.wake_ms:
             wake_score += 10.0
     return Candidate(d.id, m.name, m.runtime, tier, live.p50, live.p95, joules, gco2, cost, quality, score,
-                     live.p95 <= budget, explain, m.max_concurrency, e.wake_ms, wake_score)
+                     live.p95 <= budget, explain, m.max_concurrency, e.wake_ms, wake_score, audio_ms)
+
+
+def _audio_extra(req: TaskRequest, e: Entry) -> tuple[float, float]:
+    """The ms and joules the request's audio adds to a speech model's per-call figures."""
+    if not req.audio_s or not e.ms_per_audio_s:
+        return 0.0, 0.0
+    seconds = max(0.0, req.audio_s - e.audio_free_s)
+    return seconds * e.ms_per_audio_s, seconds * e.j_per_audio_s
+
+
+def _with_audio(live: Live, ms: float) -> Live:
+    return Live(live.p50 + ms, live.p95 + ms, live.success_rate, live.quality, live.learned, live.latency_weight,
+                live.confidence_weight)
 
 
 # -- the decision --------------------------------------------------------------------------------
@@ -355,6 +373,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig, stats: Stat
     learned_get = stats.models.get if stats.models else None
     learning, now, task = stats.config, fleet.now, req.task
     text_chars = len(req.text) if req.text is not None else 0
+    audio_s, pinned = req.audio_s, req.model
     score_of = _scorer(req, cfg, policy, target)
     excluded: list[Exclusion] = []
     # (over budget, score, p95, n) for every candidate; reasons in words are written only for
@@ -379,7 +398,11 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig, stats: Stat
             memo = e.blended.get(task)
             live = memo[1] if memo is not None and memo[0] is learned else _blend(e, task, learned, learning, now)
             cooldown_until = learned.cooldown_until
+        if audio_s and e.ms_per_audio_s:
+            live = _with_audio(live, _audio_extra(req, e)[0])
         why = None
+        if pinned is not None and e.model.name != pinned:
+            continue  # not what was asked for: not a candidate, and not worth a line of reasons
         if local_only and e.cloud:
             why = "local_only: the cloud layer is excluded"
         elif live.quality < floor:
@@ -431,7 +454,8 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig, stats: Stat
         if len(scored) > len(chain):
             reasons.append(f"{len(scored) - len(chain)} more candidates ranked below the chain of {len(chain)}")
     else:
-        reasons.append("no device can run this task" if not excluded else "every candidate was excluded")
+        reasons.append(f"no device serves model {pinned!r} for this task" if pinned is not None and not excluded
+                       else "no device can run this task" if not excluded else "every candidate was excluded")
     return RouteDecision(req.id, req.task, policy, min_tier, chain, tuple(excluded), tuple(reasons))
 
 
@@ -440,6 +464,7 @@ def _scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
     """The sort key of a candidate for this request: over budget last, then by score (lower is
     better). What depends only on the request and the config is worked out here, once."""
     budget = req.budget_ms
+    audio_s = req.audio_s
     w_fail = cfg.weight_failure
     if policy == "local-first":
         def local_first(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
@@ -466,6 +491,9 @@ def _scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
     def sovereign(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
         p95 = live.p95
         gco2, cost = _request_costs(req, e, cfg)[1:3] if e.cloud or e.j_per_token else (e.gco2, e.cost)
+        if audio_s and e.j_per_audio_s:
+            audio_j = _audio_extra(req, e)[1]
+            gco2, cost = gco2 + audio_j * e.g_per_j, cost + audio_j * e.price_per_j
         shortfall = target - quality
         score = (w_latency * p95 + w_carbon * gco2 + w_money * cost + w_fail * (1.0 - live.success_rate)
                  + (w_quality * shortfall if shortfall > 0.0 else 0.0))
