@@ -23,18 +23,21 @@ from .bus import EventBus
 from .capability import Capability
 from .energy.model import ForecastPoint
 from .energy.series import Series, SeriesError
-from .config import BrokerUrl
+from .config import BrokerUrl, format_validation_error
 from .energy.store import EnergyStore
 from .mqtt import Message, MqttLink, MqttOptions
 from .registry import DeviceRegistry
 from .state import StateStore
 from .topics import Topics
+from .voice.audio import SAMPLE_RATE, Audio, AudioError, decode_audio
+from .voice.wakeword import WakeWordDetector, WakeWordModelError
 
 # A plugin that reads a feed over MQTT (OpenDTU, for one) opens its own connection with the
 # hub's supervised MqttLink: same reconnect, TLS and credential handling as the hub's.
 __all__ = ["Plugin", "PluginConfig", "PluginContext", "PluginServices", "PluginEvent", "DeviceSink", "EnergySink",
            "ForecastPoint", "Poller", "SourceError", "BrokerUrl", "Message", "MqttLink", "MqttOptions", "Series",
-           "SeriesError", "web"]
+           "SeriesError", "web", "Audio", "AudioError", "decode_audio", "SAMPLE_RATE", "format_validation_error",
+           "WakeWordDetector", "WakeWordModelError"]
 
 C = TypeVar("C", bound=BaseModel)
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from hub.agent.executors.base import ExecError, InferCall
-from hub.agent.executors.wakeword import BUNDLED, WakeWordDetector, WakeWordExecutor, WakeWordModelError, _package_dir
+from hub.agent.executors.wakeword import WakeWordExecutor
+from hub.voice.wakeword import BUNDLED, WakeWordDetector, WakeWordModelError, _package_dir
 from hub.capability import ModelSpec
 from hub.voice.audio import SAMPLE_RATE, decode_audio
 from tests.voice_fixtures import speak
