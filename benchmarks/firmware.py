@@ -26,12 +26,13 @@ from benchmarks._common import emit, summary  # noqa: E402
 
 
 def tflite_labels(name: str, inputs: list) -> list[str]:
-    from hub.agent.executors.tflite import FEATURES, Featurizer
+    from hub.agent.executors.tflite import Featurizer
     from ai_edge_litert.interpreter import Interpreter
     itp = Interpreter(model_path=str(ROOT / f"hub/agent/models/{name}.tflite"))
     itp.allocate_tensors()
-    labels = json.loads((ROOT / f"hub/agent/models/{name}.json").read_text())["labels"]
-    fz = Featurizer.from_settings(FEATURES)
+    sidecar = json.loads((ROOT / f"hub/agent/models/{name}.json").read_text())
+    labels = sidecar["labels"]
+    fz = Featurizer.from_settings(sidecar["features"]) if sidecar["features"]["kind"] == "hashing" else None
     out = []
     for x in inputs:
         vec = fz(x) if isinstance(x, str) else np.asarray(x, dtype=np.float32)

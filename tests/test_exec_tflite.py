@@ -77,12 +77,18 @@ async def test_wrong_task(executor: TfliteExecutor) -> None:
 
 def test_sidecar_featurizer_matches_executor() -> None:
     meta = json.loads((bundled_models_dir() / "intent-tiny.json").read_text())
-    assert meta["features"] == FEATURES
-    assert Featurizer.from_settings(meta["features"]) == Featurizer.from_settings(FEATURES)
+    # The executor's hashing featurizer, with 4,096 buckets instead of its default 512
+    # (models/intent/README.md says why): every other setting is the executor's own.
+    assert {k: v for k, v in meta["features"].items() if k != "buckets"} == \
+        {k: v for k, v in FEATURES.items() if k != "buckets"}
+    assert meta["features"]["buckets"] == 4096
+    assert Featurizer.from_settings(meta["features"]).tokens("Turn OFF") == Featurizer.from_settings(FEATURES).tokens("Turn OFF")
     assert meta["tasks"] == ["intent"] and len(meta["labels"]) == len(set(meta["labels"]))
     # Pinned crc32 buckets: a change to tokenising or hashing would silently detach the
     # executor from the shipped weights, so it must fail here (and be followed by a rebuild).
     assert np.flatnonzero(featurize("Turn OFF the lights")).tolist() == [26, 35, 80, 191, 314, 471, 477]
+    assert np.flatnonzero(featurize("Turn OFF the lights", meta["features"])).tolist() == \
+        [1501, 2586, 2595, 2751, 3664, 3898, 4055]
 
 
 def test_unsupported_featurizer_refused() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hub.agent.executors.tflite import Featurizer, FEATURES
+from hub.agent.executors.tflite import Featurizer
 from hub.dispatch import InferRequest
 
 from .conftest import ROOT, wait_for
@@ -32,8 +32,9 @@ def reference_labels(texts: list[str]) -> list[str]:
     from ai_edge_litert.interpreter import Interpreter
     itp = Interpreter(model_path=str(ROOT / "hub/agent/models/intent-tiny.tflite"))
     itp.allocate_tensors()
-    labels = json.loads((ROOT / "hub/agent/models/intent-tiny.json").read_text())["labels"]
-    fz = Featurizer.from_settings(FEATURES)
+    sidecar = json.loads((ROOT / "hub/agent/models/intent-tiny.json").read_text())
+    labels = sidecar["labels"]
+    fz = Featurizer.from_settings(sidecar["features"])
     out = []
     for text in texts:
         itp.set_tensor(itp.get_input_details()[0]["index"], fz(text)[None, :])

@@ -33,9 +33,10 @@ import numpy as np
 
 from .base import Emit, ExecError, InferCall, InferResult
 
-#: How the bundled models featurize text; build.py writes exactly this into the sidecar.
-#: Hashed n-grams need no vocabulary file, and crc32 (unlike ``hash()``) is the same in every
-#: process and on every platform.
+#: How text is featurized; a model's sidecar writes these settings with its own ``buckets``
+#: (the bundled intent-tiny: 4,096, models/intent/README.md), and the executor uses the
+#: sidecar's. Hashed n-grams need no vocabulary file, and crc32 (unlike ``hash()``) is the same
+#: in every process and on every platform.
 FEATURES: dict[str, Any] = {
     "kind": "hashing",
     "hash": "crc32",  # zlib.crc32 of "<n>:<space-joined n-gram>" in UTF-8, modulo buckets
