@@ -20,11 +20,15 @@ from .rpc import InferAnswer, InferParams, RpcChunk, RpcRequest, RpcResponse
 
 
 def schemas() -> dict[str, dict[str, Any]]:
+    # The voice plugin's documents (plugins/voice/schema.py) are rendered here too, so that one
+    # command keeps every schema of docs/protocol.md true.
+    from plugins.voice.schema import ActionMessage, UtteranceDoc, VoicePost
     out = {}
     for name, model in (("capability", Capability), ("energy", EnergyReport), ("rpc-request", RpcRequest),
                           ("rpc-response", RpcResponse), ("infer-params", InferParams),
                           ("infer-answer", InferAnswer), ("rpc-chunk", RpcChunk), ("infer-command", InferCommand),
-                          ("energy-snapshot", EnergySnapshot)):
+                          ("energy-snapshot", EnergySnapshot), ("voice-command", VoicePost),
+                          ("voice-utterance", UtteranceDoc), ("voice-action", ActionMessage)):
         schema = model.model_json_schema()
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://sovereign-hub.invalid/schemas/{name}/1"

@@ -230,7 +230,7 @@ def role_grants(role: Role, name: str, root: str, ha_prefix: str | None) -> list
     if role is Role.device:
         base = f"{root}/device/{name}"
         return [("write", f"{base}/announce"), ("write", f"{base}/status"), ("write", f"{base}/energy"),
-                ("read", f"{base}/rpc"),
+                ("write", f"{base}/voice"), ("read", f"{base}/rpc"),
                 # RPC replies go to the asking hub's reply topic; correlation ids are random and
                 # a device reads no other device's requests, so it cannot answer for another.
                 ("write", f"{root}/hub/+/reply"), *read_status]
