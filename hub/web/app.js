@@ -235,6 +235,357 @@ $("eeg-stop").addEventListener("click", async () => {
   if (status === 200) { $("eeg-status").textContent = `stopped: mean score ${doc.mean_score}`; state.session = null; $("eeg-stop").disabled = true; }
 });
 
+// -- voice ------------------------------------------------------------------------------------
+// The voice plugin's utterances (GET /api/voice, then `voice.utterance` events), a text box and
+// push-to-talk. Everything from the hub goes into the page as text (textContent), never as HTML.
+const VOICE_ROWS = 20;
+const voice = { rows: new Map(), expiry: new Map(), enabled: true, hello: false };
+const HEARD_NOTHING = { no_speech: "(no speech heard)", no_wake: "(wake word not heard)", error: "(no transcript)" };
+
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) if (v !== undefined && v !== null && v !== false) e.setAttribute(k, String(v));
+  for (const kid of kids) if (kid !== undefined && kid !== null && kid !== false) e.append(kid); // strings become text nodes
+  return e;
+}
+function ms(v) { return v === null || v === undefined ? "–" : `${num(v, Number(v) < 10 ? 1 : 0)} ms`; }
+function voiceStatus(text, isError = false) {
+  $("voice-status").textContent = text || "";
+  $("voice-status").classList.toggle("error", Boolean(isError && text));
+}
+function slotsText(slots) { return Object.entries(slots || {}).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" "); }
+function stageText(s) {
+  return `${s.name} ${ms(s.ms)}` + (s.model ? ` (${s.model} on ${s.device})` : "");
+}
+function stageTitle(s) {
+  return [`${s.name}: ${ms(s.ms)}, ${num(s.joules, 3)} J`, s.model ? `${s.model} on ${s.device}` : "", s.note || ""].filter(Boolean).join(" · ");
+}
+function voiceRow(u) {
+  const status = String(u.status || "");
+  const li = el("li", { "data-testid": "voice-row", "data-id": u.id, "data-status": status,
+    class: `voice-${status}${u.partial ? " partial" : ""}` });
+  const when = new Date(Number(u.at) * 1000);
+  li.append(el("div", { class: "voice-head" },
+    el("time", { datetime: Number.isFinite(when.getTime()) ? when.toISOString() : null }, Number.isFinite(when.getTime()) ? when.toLocaleTimeString() : "–"),
+    el("span", { class: "voice-source", title: "where it came from" }, String(u.source ?? "")),
+    u.text ? el("q", { class: "voice-said", "data-testid": "voice-row-text" }, String(u.text))
+      : el("span", { class: "voice-said none", "data-testid": "voice-row-text" }, HEARD_NOTHING[status] || "(nothing said)"),
+    el("span", { class: "badge layer", title: "the layer that understood it" }, String(u.layer ?? "none")),
+    el("span", { class: `badge status ${status}`, "data-testid": "voice-row-status" }, status.replace(/_/g, " ")),
+    u.partial ? el("span", { class: "badge partial", "data-testid": "voice-partial", title: "the audio is incomplete" },
+      `partial: ${u.partial}`) : null));
+  const actions = (u.actions || []).map((a) => el("span", { class: "voice-action", "data-testid": "voice-action",
+    title: `${a.layer || ""} ${a.confidence === undefined ? "" : "confidence " + num(a.confidence, 2)}`.trim() },
+    a.intent, el("span", { class: "slots" }, slotsText(a.slots)), a.sensitive ? el("span", { class: "sensitive" }, "sensitive") : null));
+  if (actions.length) li.append(el("div", { class: "voice-actions" }, "→ ", ...actions));
+  const answered = u.confirms ? voice.rows.get(u.confirms) : null;
+  const why = [answered ? `answer to “${answered.text}”` : u.confirms ? `answer to ${u.confirms}` : "", u.reason, u.error ? `error at ${u.error.stage || "?"}: ${u.error.message || u.error.code || ""}` : ""].filter(Boolean).join(" · ");
+  if (why) li.append(el("div", { class: "why" }, why));
+  const stages = u.stages || [];
+  li.append(el("div", { class: "voice-cost", "data-testid": "voice-cost", title: stages.map(stageTitle).join("\n") || null },
+    el("b", {}, ms(u.latency_ms)), ` · ${num(u.joules, 3)} J`, u.audio_s !== undefined ? ` · ${num(u.audio_s, 1)} s of audio` : "",
+    stages.length ? el("span", { class: "stages" }, ` · ${stages.map(stageText).join(" → ")}`) : null));
+  if (status === "awaiting_confirmation") {
+    const until = u.expires_at ? new Date(u.expires_at * 1000).toLocaleTimeString() : "";
+    li.append(el("div", { class: "voice-confirm" },
+      el("button", { type: "button", "data-voice": "yes", "data-testid": "voice-confirm" }, "Confirm"), " ",
+      el("button", { type: "button", "data-voice": "no", "data-testid": "voice-cancel", class: "secondary" }, "Cancel"),
+      until ? el("span", { class: "why" }, ` held until ${until}`) : null));
+  }
+  return li;
+}
+function voiceSummary() {
+  const held = [...voice.rows.values()].filter((u) => u.status === "awaiting_confirmation").length;
+  $("voice-summary").textContent = voice.enabled ? (held ? `${held} awaiting confirmation` : "") : "plugin off";
+}
+// Adds or replaces one utterance's row, newest first, at most VOICE_ROWS rows.
+function upsertUtterance(u, fromListing = false) {
+  if (!u || typeof u.id !== "string") return;
+  const old = voice.rows.get(u.id);
+  // A listing fetched before a confirmation must not bring back its Confirm buttons.
+  if (old && fromListing && u.status === "awaiting_confirmation" && old.status !== "awaiting_confirmation") return;
+  if (!old && voice.rows.size >= VOICE_ROWS && Number(u.at) <= Math.min(...[...voice.rows.values()].map((r) => Number(r.at)))) return;
+  voice.rows.set(u.id, u);
+  const li = voiceRow(u), feed = $("voice-feed");
+  const there = [...feed.children].find((c) => c.dataset.id === u.id);
+  if (there) there.replaceWith(li);
+  else feed.insertBefore(li, [...feed.children].find((c) => Number(voice.rows.get(c.dataset.id)?.at) < Number(u.at)) || null);
+  while (feed.children.length > VOICE_ROWS) {
+    const gone = feed.lastChild.dataset.id;
+    voice.rows.delete(gone); clearTimeout(voice.expiry.get(gone)); voice.expiry.delete(gone); feed.lastChild.remove();
+  }
+  // The answer to a held action: the held row says what became of it.
+  if (u.confirms && voice.rows.has(u.confirms)) {
+    const held = voice.rows.get(u.confirms);
+    const outcome = u.status === "published" ? "confirmed" : u.status === "cancelled" ? "cancelled" : held.status;
+    if (held.status !== outcome) upsertUtterance({ ...held, status: outcome });
+  }
+  // A held action that nobody answers expires on the hub: ask again once it should have.
+  clearTimeout(voice.expiry.get(u.id));
+  voice.expiry.delete(u.id);
+  if (u.status === "awaiting_confirmation" && u.expires_at && u.at) {
+    voice.expiry.set(u.id, setTimeout(refreshVoice, Math.min(3600, Math.max(0, u.expires_at - u.at)) * 1000 + 1000));
+  }
+  voiceSummary();
+}
+async function refreshVoice() {
+  try {
+    const { status, doc } = await api("GET", "/api/voice");
+    if (status === 404) {
+      voice.enabled = false;
+      voiceStatus("The voice plugin is not enabled on this hub (add a [plugins.voice] section to hub.toml).", true);
+      $("voice-ptt").disabled = true; $("voice-form").querySelector("button").disabled = true;
+    } else if (status === 200) {
+      if (!voice.enabled) { voice.enabled = true; voiceStatus(""); $("voice-form").querySelector("button").disabled = false; pttView(); }
+      (doc.utterances || []).slice(0, VOICE_ROWS).reverse().forEach((u) => upsertUtterance(u, true));
+    }
+    voiceSummary();
+  } catch (err) {
+    voiceStatus(`could not load the voice feed: ${err.message || err}`, true);
+  }
+}
+$("voice-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const text = $("voice-text").value.trim(), send = ev.target.querySelector("button");
+  if (!text) { voiceStatus("type a command first", true); return; }
+  send.disabled = true;
+  try {
+    const { status, doc } = await api("POST", "/api/voice", { text });
+    if (status === 200) { upsertUtterance(doc); $("voice-text").value = ""; voiceStatus(""); }
+    else voiceStatus(`not sent: ${doc.error?.message || `HTTP ${status}`}`, true);
+  } catch (err) {
+    voiceStatus(`could not reach the hub: ${err.message || err}`, true);
+  } finally { send.disabled = !voice.enabled; }
+});
+$("voice-feed").addEventListener("click", async (ev) => {
+  const b = ev.target.closest("button[data-voice]");
+  if (!b) return;
+  const id = b.closest("li").dataset.id, yes = b.dataset.voice === "yes";
+  const buttons = [...b.parentElement.querySelectorAll("button")];
+  buttons.forEach((x) => { x.disabled = true; });
+  try {
+    const { status, doc } = await api("POST", `/api/voice/${encodeURIComponent(id)}/confirm`, { confirm: yes });
+    if (status === 200) { upsertUtterance(doc); voiceStatus(""); return; }
+    voiceStatus(`${yes ? "not confirmed" : "not cancelled"}: ${doc.error?.message || `HTTP ${status}`}`, true);
+    if (status === 404) refreshVoice(); // expired, or answered elsewhere: the hub's word
+    else buttons.forEach((x) => { x.disabled = false; });
+  } catch (err) {
+    voiceStatus(`could not reach the hub: ${err.message || err}`, true);
+    buttons.forEach((x) => { x.disabled = false; });
+  }
+});
+
+// Push-to-talk: the microphone through an AudioContext, mixed to mono and resampled to 16 kHz
+// 16-bit here, sent as a WAV (base64 in JSON: the hub takes only JSON bodies from a browser).
+const MAX_RECORDING_S = 60, HOLD_MS = 350, TARGET_RATE = 16000;
+const rec = { state: "idle", stream: null, ctx: null, nodes: [], chunks: [], frames: 0, rate: 0, stopWanted: false,
+  capped: false, pointer: null, downAt: 0, ticker: null };
+// The capture tap as an AudioWorklet, loaded from a Blob URL (no file to serve); batches of 1024 frames.
+const TAP_WORKLET = `class SovereignTap extends AudioWorkletProcessor {
+  constructor() { super(); this.buf = new Float32Array(1024); this.n = 0; }
+  process(inputs) {
+    const chans = inputs[0];
+    if (chans && chans.length) {
+      const len = chans[0].length;
+      for (let i = 0; i < len; i++) {
+        let s = 0; for (let c = 0; c < chans.length; c++) s += chans[c][i];
+        this.buf[this.n++] = s / chans.length;
+        if (this.n === this.buf.length) { this.port.postMessage(this.buf, [this.buf.buffer]); this.buf = new Float32Array(1024); this.n = 0; }
+      }
+    }
+    return true;
+  }
+}
+registerProcessor("sovereign-tap", SovereignTap);`;
+
+function micMessage(err) {
+  const name = err?.name || "";
+  if (name === "InsecureContext") return "The microphone needs a secure page: open the dashboard on https:// or on localhost (browsers offer no microphone to plain http:// pages). You can still type a command.";
+  if (name === "NotAllowedError" || name === "PermissionDeniedError" || name === "SecurityError")
+    return "Microphone permission denied: allow the microphone for this page in the browser's site settings, then try again. You can still type a command.";
+  if (name === "NotFoundError" || name === "DevicesNotFoundError" || name === "OverconstrainedError")
+    return "No microphone found: connect one and try again, or type a command.";
+  if (name === "NotReadableError" || name === "TrackStartError" || name === "AbortError")
+    return "The microphone could not be started (another application may be using it).";
+  return `Microphone error: ${name || "Error"}${err?.message ? ": " + err.message : ""}`;
+}
+async function tapNode(ctx, onSamples) {
+  if (ctx.audioWorklet && window.AudioWorkletNode) {
+    const url = URL.createObjectURL(new Blob([TAP_WORKLET], { type: "text/javascript" }));
+    try {
+      await ctx.audioWorklet.addModule(url);
+      const node = new AudioWorkletNode(ctx, "sovereign-tap", { numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1] });
+      node.port.onmessage = (m) => onSamples(m.data);
+      return node;
+    } catch (err) {
+      console.warn("AudioWorklet unavailable, capturing with a ScriptProcessorNode:", err); // a CSP without blob: workers
+    } finally { URL.revokeObjectURL(url); }
+  }
+  const node = ctx.createScriptProcessor(4096, 1, 1); // one input channel: the browser mixes to mono
+  node.onaudioprocess = (ev) => onSamples(new Float32Array(ev.inputBuffer.getChannelData(0)));
+  return node;
+}
+function recordedS() { return rec.rate ? rec.frames / rec.rate : 0; }
+function pttView() {
+  const b = $("voice-ptt"), on = rec.state === "starting" || rec.state === "recording";
+  b.setAttribute("aria-pressed", String(on));
+  b.classList.toggle("recording", on);
+  b.disabled = rec.state === "sending" || !voice.enabled;
+  b.dataset.state = rec.state;
+  b.dataset.recordedS = recordedS().toFixed(2);
+  b.textContent = rec.state === "starting" ? "Starting…" : rec.state === "recording"
+    ? `● Recording ${recordedS().toFixed(1)} s` : rec.state === "sending" ? "Sending…" : "● Hold to talk";
+}
+function releaseMic() {
+  clearInterval(rec.ticker); rec.ticker = null;
+  rec.nodes.forEach((n) => { try { n.disconnect(); } catch { /* already */ } });
+  rec.nodes = [];
+  rec.stream?.getTracks().forEach((t) => t.stop());
+  rec.stream = null;
+  if (rec.ctx) rec.ctx.close().catch(() => {});
+  rec.ctx = null;
+}
+function onSamples(x) {
+  if (rec.state !== "recording") return;
+  rec.chunks.push(x);
+  rec.frames += x.length;
+  if (rec.frames >= MAX_RECORDING_S * rec.rate) { rec.capped = true; stopRecording(); }
+}
+async function startRecording() {
+  if (rec.state !== "idle") return;
+  Object.assign(rec, { state: "starting", chunks: [], frames: 0, rate: 0, stopWanted: false, capped: false });
+  voiceStatus("asking for the microphone…");
+  pttView();
+  try {
+    if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) throw Object.assign(new Error("not a secure context"), { name: "InsecureContext" });
+    // The graph first (within the press's user activation), the microphone last: nothing it
+    // hears is lost while the worklet loads.
+    rec.ctx = new (window.AudioContext || window.webkitAudioContext)();
+    if (rec.ctx.state === "suspended") await rec.ctx.resume();
+    rec.rate = rec.ctx.sampleRate;
+    const tap = await tapNode(rec.ctx, onSamples), mute = rec.ctx.createGain();
+    mute.gain.value = 0; // the tap is pulled through the graph, and nothing is heard
+    tap.connect(mute); mute.connect(rec.ctx.destination);
+    rec.nodes = [tap, mute];
+    rec.stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const source = rec.ctx.createMediaStreamSource(rec.stream);
+    source.connect(tap);
+    rec.nodes.push(source);
+    if (rec.stopWanted) {
+      // Released before the microphone was open (a permission prompt, say): nothing was said yet.
+      releaseMic();
+      rec.state = "idle";
+      voiceStatus("The microphone is ready: hold the button while you speak.");
+      return;
+    }
+    rec.state = "recording";
+    rec.ticker = setInterval(pttView, 100);
+    voiceStatus(rec.pointer === null ? "recording: press again to send" : "recording: release to send");
+  } catch (err) {
+    releaseMic();
+    rec.state = "idle";
+    voiceStatus(micMessage(err), true);
+  } finally { pttView(); }
+}
+async function stopRecording() {
+  if (rec.state === "starting") { rec.stopWanted = true; return; }
+  if (rec.state !== "recording") return;
+  rec.state = "sending";
+  const chunks = rec.chunks, rate = rec.rate, capped = rec.capped;
+  releaseMic();
+  pttView();
+  try {
+    const pcm = resample(concat(chunks), rate, TARGET_RATE);
+    if (pcm.length < TARGET_RATE / 5) { voiceStatus("Too short: hold the button while you speak.", true); return; }
+    voiceStatus(`${capped ? `stopped at the ${MAX_RECORDING_S} s limit; ` : ""}sending ${(pcm.length / TARGET_RATE).toFixed(1)} s of audio…`);
+    const { status, doc } = await api("POST", "/api/voice", { data: await base64(wavFile(pcm, TARGET_RATE)) });
+    if (status === 200) { upsertUtterance(doc); voiceStatus(capped ? `stopped at the ${MAX_RECORDING_S} s limit and sent` : ""); }
+    else voiceStatus(`the hub refused the recording: ${doc.error?.message || `HTTP ${status}`}`, true);
+  } catch (err) {
+    voiceStatus(`the recording could not be sent: ${err.message || err}`, true);
+  } finally { rec.state = "idle"; pttView(); }
+}
+function concat(chunks) {
+  const out = new Float32Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) { out.set(c, at); at += c.length; }
+  return out;
+}
+// Low-pass (a Blackman-windowed sinc below the new Nyquist frequency), then linear interpolation
+// between the filtered neighbours of each output instant; upsampling only interpolates.
+function resample(x, from, to) {
+  if (from === to || !x.length) return x;
+  const ratio = from / to, n = Math.floor(x.length / ratio), out = new Float32Array(n);
+  let taps = [1], half = 0;
+  if (ratio > 1) {
+    half = Math.ceil(4 * ratio);
+    const fc = 0.45 / ratio; // cutoff, cycles per input sample: 0.9 of the output's Nyquist
+    taps = [];
+    let sum = 0;
+    for (let k = -half; k <= half; k++) {
+      const sinc = k === 0 ? 2 * fc : Math.sin(2 * Math.PI * fc * k) / (Math.PI * k);
+      const w = 0.42 + 0.5 * Math.cos(Math.PI * k / (half + 1)) + 0.08 * Math.cos(2 * Math.PI * k / (half + 1));
+      taps.push(sinc * w); sum += sinc * w;
+    }
+    taps = taps.map((t) => t / sum);
+  }
+  const filtered = (i) => {
+    let s = 0;
+    for (let k = -half; k <= half; k++) { const j = i + k; if (j >= 0 && j < x.length) s += taps[k + half] * x[j]; }
+    return s;
+  };
+  for (let i = 0; i < n; i++) {
+    const pos = i * ratio, j = Math.floor(pos), f = pos - j;
+    out[i] = f === 0 || j + 1 >= x.length ? filtered(j) : (1 - f) * filtered(j) + f * filtered(j + 1);
+  }
+  return out;
+}
+function wavFile(pcm, rate) {
+  const buf = new ArrayBuffer(44 + pcm.length * 2), v = new DataView(buf);
+  const ascii = (at, s) => { for (let i = 0; i < s.length; i++) v.setUint8(at + i, s.charCodeAt(i)); };
+  ascii(0, "RIFF"); v.setUint32(4, 36 + pcm.length * 2, true); ascii(8, "WAVE");
+  ascii(12, "fmt "); v.setUint32(16, 16, true); v.setUint16(20, 1, true); v.setUint16(22, 1, true); // PCM, mono
+  v.setUint32(24, rate, true); v.setUint32(28, rate * 2, true); v.setUint16(32, 2, true); v.setUint16(34, 16, true);
+  ascii(36, "data"); v.setUint32(40, pcm.length * 2, true);
+  for (let i = 0; i < pcm.length; i++) {
+    const s = Math.max(-1, Math.min(1, pcm[i]));
+    v.setInt16(44 + 2 * i, s < 0 ? Math.round(s * 32768) : Math.round(s * 32767), true);
+  }
+  return new Blob([buf], { type: "audio/wav" });
+}
+function base64(blob) {
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(String(r.result).slice(String(r.result).indexOf(",") + 1));
+    r.onerror = () => reject(r.error || new Error("could not read the recording"));
+    r.readAsDataURL(blob);
+  });
+}
+const pttButton = $("voice-ptt");
+// Held: recording while the button is down, sent on release. A press shorter than HOLD_MS is a
+// tap: recording goes on until the next press. Keyboard clicks (Enter, Space) toggle.
+pttButton.addEventListener("pointerdown", (ev) => {
+  if (ev.button !== 0 || rec.state === "sending") return;
+  ev.preventDefault();
+  if (rec.state !== "idle") { rec.pointer = null; stopRecording(); return; }
+  try { pttButton.setPointerCapture(ev.pointerId); } catch { /* not capturable: pointerup may come elsewhere */ }
+  rec.pointer = ev.pointerId; rec.downAt = performance.now();
+  startRecording();
+});
+function releasePtt(ev) {
+  if (rec.pointer !== ev.pointerId) return;
+  rec.pointer = null;
+  if (ev.type === "pointercancel" || performance.now() - rec.downAt >= HOLD_MS) stopRecording();
+  else if (rec.state === "recording") voiceStatus("recording: press again to send");
+}
+pttButton.addEventListener("pointerup", releasePtt);
+pttButton.addEventListener("pointercancel", releasePtt);
+pttButton.addEventListener("contextmenu", (ev) => ev.preventDefault()); // a long touch is a hold, not a menu
+pttButton.addEventListener("click", (ev) => {
+  if (ev.detail !== 0) return; // a pointer's click: handled by pointerdown/pointerup
+  if (rec.state === "idle") startRecording(); else stopRecording();
+});
+
 // -- the live feed ----------------------------------------------------------------------------
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
@@ -247,10 +598,13 @@ function connect() {
       $("hub-id").textContent = data.hub;
       state.devices = new Map(data.devices.map((d) => [d.id, d]));
       queueRender(); renderEnergy(data.energy);
+      if (voice.hello) refreshVoice(); // reconnected: what was said meanwhile
+      voice.hello = true;
     } else if (type === "device") { state.devices.set(data.id, data); queueRender(); queuePower(); }
     else if (type === "device_removed") { state.devices.delete(data.id); queueRender(); queuePower(); }
     else if (type === "energy") renderEnergy(data);
     else if (type === "task") { addTask(data); state.feed++; }
+    else if (type === "voice.utterance") upsertUtterance(data);
     else if (type === "eeg.feedback") feedback(data);
     else if (type === "gaze.attention") $("gaze").textContent = `gaze: attention ${num(data.attention, 2)}, ${data.on_target === null ? "no tracker" : data.on_target ? "on target" : "off target"}, ${num(data.fixation_rate_hz, 1)} fixations/s`;
   };
@@ -262,11 +616,11 @@ $("token-form").addEventListener("submit", (ev) => {
   token = $("token").value.trim();
   localStorage.setItem("sovereign-token", token);
   notice("");
-  refreshCosts(); refreshRules(); refreshPower(); loadRateable();
+  refreshCosts(); refreshRules(); refreshPower(); loadRateable(); refreshVoice();
 });
 $("device-filter").addEventListener("input", (ev) => { state.filter = ev.target.value; state.page = 0; queueRender(); });
 $("prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); queueRender(); });
 $("next").addEventListener("click", () => { state.page++; queueRender(); });
 loadRateable().then(connect);
-refreshCosts(); refreshRules(); refreshPower();
+refreshCosts(); refreshRules(); refreshPower(); refreshVoice(); pttView();
 setInterval(() => { refreshCosts(); refreshRules(); refreshPower(); }, 10000);
