@@ -39,7 +39,7 @@ async def test_agent_appears_with_its_capability_and_energy(mosquitto: Any, make
         agent = spawn_agent(mosquitto.url, "watch", None, "--no-zeroconf")
         rec = await wait_for(lambda: hub.registry.get(agent.device_id), 60, what="agent in registry")
         assert rec.capability.tier.value == "tiny" and rec.sources == {"mqtt": True}
-        assert {m.name for m in rec.capability.models} == {"intent-tiny", "eeg-state-tiny"}
+        assert {m.name for m in rec.capability.models} == {"intent-tiny", "eeg-state-tiny", "okay_nabu"}
         await wait_for(lambda: rec.energy is not None, 30, what="first energy report")
         assert rec.energy.battery_pct == 76 and rec.online
 
