@@ -109,6 +109,7 @@ class Voice:
         self._ha_token = (cfg.homeassistant_token_file.read_text().strip()
                           if cfg.homeassistant_token_file is not None else None)
         self._http: aiohttp.ClientSession | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def _publish(self, topic: str, payload: bytes | str, qos: int, retain: bool) -> bool:
         return await self.ctx.publish(topic, payload, qos, retain)
@@ -202,13 +203,19 @@ class Voice:
             return
         if done is not None:
             self.ctx.create_task(self._finish(done), "dictation")
+        if self.streams.open and self._sweeper is None:
+            self._sweeper = self.ctx.create_task(self.sweep(), "stream sweep")
 
     async def sweep(self) -> None:
-        """Sessions that went quiet: processed as partial utterances."""
-        while True:
-            for done in self.streams.expire(time.monotonic()):
-                await self._finish(done)
-            await asyncio.sleep(min(1.0, self.ctx.config.stream_idle_s / 2))
+        """Sessions that went quiet, processed as partial utterances. Runs only while a stream is
+        open: a hub nobody dictates to has no timer waking it."""
+        try:
+            while self.streams.open:
+                await asyncio.sleep(min(1.0, self.ctx.config.stream_idle_s / 2))
+                for done in self.streams.expire(time.monotonic()):
+                    await self._finish(done)
+        finally:
+            self._sweeper = None
 
     async def _finish(self, done: Finished) -> None:
         try:
@@ -303,7 +310,6 @@ async def setup(ctx: PluginContext[VoiceConfig]) -> None:
 
     await ctx.subscribe(f"{ctx.topic_root}/cmd/voice", lambda m: ctx.create_task(command(m), "command"))
     await ctx.subscribe(f"{ctx.topic_root}/device/+/voice", voice.on_frame, qos=1)
-    ctx.create_task(voice.sweep(), "stream sweep")
 
     if ctx.config.wyoming_port is not None:
         from .wyoming import WyomingServer
