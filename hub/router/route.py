@@ -234,8 +234,9 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, quality: float, cfg: Rout
     d, m, tier = e.device, e.model, e.tier
     joules, gco2, cost, priced = (_request_costs(req, e, cfg) if e.cloud or e.j_per_token
                                   else (e.joules, e.gco2, e.cost, True))
-    audio_ms, audio_j = _audio_extra(req, e)
-    if audio_j:
+    audio_ms, audio_j = _audio_extra(req, e) if req.audio_s else (0.0, 0.0)
+    if audio_ms or audio_j:
+        live = _with_audio(live, audio_ms)
         joules, gco2, cost = joules + audio_j, gco2 + audio_j * e.g_per_j, cost + audio_j * e.price_per_j
     budget = req.budget_ms
 
@@ -373,7 +374,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig, stats: Stat
     learned_get = stats.models.get if stats.models else None
     learning, now, task = stats.config, fleet.now, req.task
     text_chars = len(req.text) if req.text is not None else 0
-    audio_s, pinned = req.audio_s, req.model
+    pinned = req.model
     score_of = _scorer(req, cfg, policy, target)
     excluded: list[Exclusion] = []
     # (over budget, score, p95, n) for every candidate; reasons in words are written only for
@@ -382,7 +383,10 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig, stats: Stat
     entries: list[tuple[Entry, Live, float, bool]] = []
     held_back: list[tuple[Entry, Live]] = []  # what a rule-based policy keeps for escalation
     floors: set[str] = set()
-    for e in fleet.by_task.get(task, ()):
+    candidates = fleet.by_task.get(task, ())
+    if pinned is not None:  # not what was asked for: not a candidate, and not worth a line of reasons
+        candidates = [e for e in candidates if e.model.name == pinned]
+    for e in candidates:
         d = e.device
         if e.below_floor and requester != d.id:
             if d.id not in floors:
@@ -398,11 +402,7 @@ def route(req: TaskRequest, fleet: FleetSnapshot, cfg: RouterConfig, stats: Stat
             memo = e.blended.get(task)
             live = memo[1] if memo is not None and memo[0] is learned else _blend(e, task, learned, learning, now)
             cooldown_until = learned.cooldown_until
-        if audio_s and e.ms_per_audio_s:
-            live = _with_audio(live, _audio_extra(req, e)[0])
         why = None
-        if pinned is not None and e.model.name != pinned:
-            continue  # not what was asked for: not a candidate, and not worth a line of reasons
         if local_only and e.cloud:
             why = "local_only: the cloud layer is excluded"
         elif live.quality < floor:
@@ -463,8 +463,25 @@ def _scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
             target: float) -> Callable[[Entry, Live, float, int], tuple[bool, float, float, int]]:
     """The sort key of a candidate for this request: over budget last, then by score (lower is
     better). What depends only on the request and the config is worked out here, once."""
+    inner = _policy_scorer(req, cfg, policy, target)
+    if not req.audio_s:
+        return inner
+    # Speech: the audio's seconds on the latency, and (sovereign) its joules on carbon and money.
+    w_carbon, w_money = ((cfg.weight_carbon / cfg.carbon_ref_g, cfg.weight_money / cfg.money_ref)
+                         if policy == "sovereign" else (0.0, 0.0))
+
+    def with_audio(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
+        if not e.ms_per_audio_s:
+            return inner(e, live, quality, n)
+        ms, joules = _audio_extra(req, e)
+        over, score, p95, i = inner(e, _with_audio(live, ms), quality, n)
+        return over, score + joules * (w_carbon * e.g_per_j + w_money * e.price_per_j), p95, i
+    return with_audio
+
+
+def _policy_scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
+                   target: float) -> Callable[[Entry, Live, float, int], tuple[bool, float, float, int]]:
     budget = req.budget_ms
-    audio_s = req.audio_s
     w_fail = cfg.weight_failure
     if policy == "local-first":
         def local_first(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
@@ -491,9 +508,6 @@ def _scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
     def sovereign(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
         p95 = live.p95
         gco2, cost = _request_costs(req, e, cfg)[1:3] if e.cloud or e.j_per_token else (e.gco2, e.cost)
-        if audio_s and e.j_per_audio_s:
-            audio_j = _audio_extra(req, e)[1]
-            gco2, cost = gco2 + audio_j * e.g_per_j, cost + audio_j * e.price_per_j
         shortfall = target - quality
         score = (w_latency * p95 + w_carbon * gco2 + w_money * cost + w_fail * (1.0 - live.success_rate)
                  + (w_quality * shortfall if shortfall > 0.0 else 0.0))
