@@ -170,12 +170,12 @@ class VoicePipeline:
         self._buffers: dict[str, collections.deque[tuple[float, float, str]]] = {}
         self.summaries: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
 
-    @property
-    def hassil(self) -> HassilLayer:
-        # Built on first use: loading Home Assistant's sentences takes a while, and a hub that
-        # never hears a voice should not pay for it at start.
+    async def _hassil_layer(self) -> HassilLayer:
+        # Built on first use, in a thread: loading Home Assistant's sentences takes a while, a hub
+        # that never hears a voice should not pay for it at start, and the event loop must not
+        # stall for it (hassil caches the parsed sentences per process, so a race loads once).
         if self._hassil is None:
-            self._hassil = HassilLayer(self.home, self.cfg.language)
+            self._hassil = await asyncio.to_thread(HassilLayer, self.home, self.cfg.language)
         return self._hassil
 
     # -- entry points ----------------------------------------------------------------------------
@@ -250,7 +250,7 @@ class VoicePipeline:
         if answered is not None:
             return await self.confirm(answered.id, bool(YES.match(u.text)), source=u.source)
         t0 = time.perf_counter()
-        action = self.hassil.match(u.text)
+        action = (await self._hassil_layer()).match(u.text)
         u.stages.append(_stage("hassil", t0, None))
         if action is not None:
             u.layer, u.reason = "hassil", "matched a Home Assistant sentence template"
