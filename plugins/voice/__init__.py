@@ -94,12 +94,10 @@ class Voice:
         self.ctx = ctx
         home = (HomeVocabulary.from_config(cfg.home, "plugins.voice.home") if cfg.home is not None
                 else HomeVocabulary.demo())
-        settings = PipelineSettings(
-            wake_word=cfg.wake_word, language=cfg.language, transcribe_budget_ms=cfg.transcribe_budget_ms,
-            classifier_model=cfg.classifier_model,
-            classifier_threshold=cfg.classifier_threshold or CLASSIFIER_THRESHOLD, escalate=cfg.escalate,
-            escalate_task=cfg.escalate_task, llm_budget_ms=cfg.llm_budget_ms, confirm_timeout_s=cfg.confirm_timeout_s,
-            summary_after_s=cfg.summary_after_s, analysis_deadline_s=cfg.analysis_deadline_s)
+        # The pipeline's settings are the config's keys of the same names.
+        shared = set(PipelineSettings.__dataclass_fields__) & set(VoiceConfig.model_fields)
+        settings = PipelineSettings(**{**cfg.model_dump(include=shared),
+                                       "classifier_threshold": cfg.classifier_threshold or CLASSIFIER_THRESHOLD})
         self.pipeline = VoicePipeline(ctx.infer, self._publish, home, settings, ctx.topic_root,
                                       on_utterance=self._announce, forward=self._forward if cfg.homeassistant_url
                                       else None, spawn=lambda coro: ctx.create_task(coro, "summary"))
