@@ -75,12 +75,13 @@ def check_task_input(task: str, inputs: dict[str, object]) -> None:
 
 #: Which input each known task takes, and what it is, in words (what the executors accept:
 #: language models, the code rules, the text classifiers and the firmware read ``text``; the
-#: EEG-state model a JSON array of numbers in ``text`` or float32 bytes in ``data``; speech
-#: models audio, inline or by reference; ``echo`` anything).
+#: EEG-state model a JSON array of numbers in ``text`` or float32 bytes in ``data``; embedding
+#: models one text in ``text`` or a batch, the UTF-8 JSON of an array of texts, in ``data``;
+#: speech models audio, inline or by reference; ``echo`` anything).
 TASK_INPUTS: dict[str, tuple[tuple[str, ...], str]] = {
     "intent": (("text",), "the text to classify"),
     "classify": (("text", "data"), "the text (or the feature bytes) to classify"),
-    "embed": (("text",), "the text to embed"),
+    "embed": (("text", "data"), "the text to embed, or in data a JSON array of up to 256 texts (a batch), base64"),
     "transcribe": (("data", "ref"), "audio: base64 bytes in data, or a ref the device resolves"),
     "wakeword": (("data",), "audio: base64 WAV (or 16 kHz 16-bit mono PCM) bytes in data"),
     "summarize": (("text",), "the text to summarise"),
@@ -298,6 +299,12 @@ class ModelSpec(_Strict):
                                          "processing ms per second of audio, on top of latency_ms")
     energy_j_per_audio_s: float | None = Field(default=None, ge=0, le=100_000, description="Speech models: "
                                                "joules per second of audio, on top of energy_j_per_call")
+    #: Embedding models: a call costs latency_ms (its fixed part) plus this per 1,000 input tokens,
+    #: so the router prices a one-line query and a batch of 32 note chunks differently.
+    ms_per_1k_tokens: float | None = Field(default=None, ge=0, le=1_000_000, description="Embedding models: "
+                                           "processing ms per 1,000 input tokens, on top of latency_ms")
+    energy_j_per_1k_tokens: float | None = Field(default=None, ge=0, le=100_000, description="Embedding models: "
+                                                 "joules per 1,000 input tokens, on top of energy_j_per_call")
 
     @model_validator(mode="after")
     def _task_quality_for_own_tasks(self) -> "ModelSpec":

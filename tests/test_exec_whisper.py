@@ -363,8 +363,8 @@ async def test_the_real_executor_feeds_the_fit(clips: dict[str, bytes]) -> None:
     finally:
         await executors.aclose()
     # The first call loaded the model: its time is the load's, not the model's, and is left out.
-    recorded = list(service._audio_calls[TINY_EN.name])
-    assert [c.audio_s for c in recorded] == [decode_audio(d).duration_s for d in sent[1:]]
+    recorded = list(service._sized_calls[TINY_EN.name])
+    assert [c.size for c in recorded] == [decode_audio(d).duration_s for d in sent[1:]]
     assert all(c.ms > 0 and c.joules == pytest.approx(3.7 * c.ms / 1000) for c in recorded)
     updates = service.refreshed_figures()[TINY_EN.name]
     # Which part the time goes to depends on how busy this machine is; both are announced.

@@ -50,7 +50,7 @@ BAD = [
     ({"task": "transcribe", "text": "hello"}, "text: transcribe does not take text"),
     ({"task": "qa", "data": "aGVsbG8="}, "data: qa does not take data"),
     ({"task": "summarize", "ref": "notes.txt"}, "ref: summarize does not take ref"),
-    ({"task": "embed", "data": ""}, "data: embed does not take data"),
+    ({"task": "embed", "ref": "notes.txt"}, "ref: embed does not take ref"),
 ]
 
 

@@ -36,7 +36,7 @@ from .executors import ExecutorOptions, ExecutorSet
 from .executors.base import ExecError
 from .hardware import detect_hardware, detect_power
 from .infer import InferService, cold_start
-from .profiles import PROFILES
+from .profiles import PROFILES, minilm_l6_v2
 from .sleep import Sleeper, power_states
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,10 @@ class AgentOptions:
 
 def local_tflite_models(models_dir: Path | None) -> list[ModelSpec]:
     """What a models directory holds: ``*.tflite`` classifiers (a ``<name>.json`` sidecar may give
-    their tasks), microWakeWord models (``*.tflite`` whose manifest says ``"type": "micro"``) and
+    their tasks), microWakeWord models (``*.tflite`` whose manifest says ``"type": "micro"``),
     faster-whisper / CTranslate2 model directories (``<name>/model.bin`` with a Whisper
-    ``config.json``), each announced with the runtime that runs it."""
+    ``config.json``) and embedding models (``<name>/model.onnx`` with its ``tokenizer.json``: a
+    sentence-transformers model exported to ONNX), each announced with the runtime that runs it."""
     if models_dir is None or not models_dir.is_dir():
         return []
     out = []
@@ -122,7 +123,27 @@ def local_tflite_models(models_dir: Path | None) -> list[ModelSpec]:
         if _is_whisper_config(path.parent / "config.json"):
             out.append(ModelSpec(name=path.parent.name, runtime="whisper", tasks=["transcribe"],
                                  size_mb=round(path.stat().st_size / 1e6, 3)))
+    for path in sorted(models_dir.glob("*/model.onnx")):
+        if (path.parent / "tokenizer.json").is_file():
+            out.append(ModelSpec(name=path.parent.name, runtime="onnx", tasks=["embed"],
+                                 size_mb=round(path.stat().st_size / 1e6, 3)))
     return out
+
+
+def bundled_embed_models(power: Power, cores: int) -> list[ModelSpec]:
+    """all-MiniLM-L6-v2 (runtime ``onnx``) when its packages are installed, with the figures the
+    profiles' phone and laptop announce (hub/agent/profiles.py) at this machine's power (no joules
+    when the power is unknown); the agent refreshes them from its own calls."""
+    from ..memory.embedder import EmbedderError, locate
+    try:
+        model, _ = locate()
+    except EmbedderError:
+        return []
+    spec = minilm_l6_v2(power, concurrency=max(1, min(2, cores)))
+    update: dict[str, Any] = {"size_mb": round(model.stat().st_size / 1e6, 3)}
+    if power.active_w is None:
+        update |= {"energy_j_per_call": None, "energy_j_per_1k_tokens": None}
+    return [spec.model_copy(update=update)]
 
 
 def _is_whisper_config(path: Path) -> bool:
@@ -202,6 +223,7 @@ class Agent:
         elif profile is None:
             from .executors.tflite import bundled_models_dir
             models += local_tflite_models(bundled_models_dir())  # the shipped intent classifier
+            models += bundled_embed_models(power, hardware.cores)
         if o.ollama_host:
             try:
                 models += await list_ollama_models(o.ollama_host, timeout_s=3)

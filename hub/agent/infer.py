@@ -1,7 +1,7 @@
 """The agent's side of ``infer``: pick the model's executor, enforce its concurrency, time it,
 estimate its joules, and keep the latency (and, for language models, the joules per generated
-token; for speech models, the milliseconds and joules per second of audio) that the device
-advertises true to what it measures."""
+token; for speech models, the milliseconds and joules per second of audio; for embedding models,
+per 1,000 input tokens) that the device advertises true to what it measures."""
 
 from __future__ import annotations
 
@@ -24,16 +24,38 @@ WINDOW = 200
 #: Tasks whose cost grows with the length of the audio: their models advertise a fixed part
 #: (latency_ms, energy_j_per_call) plus a part per second of audio.
 SPEECH_TASKS = frozenset({"transcribe", "wakeword"})
-#: A line is fitted through (audio seconds, cost) once this many calls span this much audio;
-#: with fewer, or clips all of one length, the fixed part cannot be told from the rest and the
-#: whole cost is put per second of audio.
+#: Tasks whose cost grows with the number of input tokens (a one-line query, a batch of 32 note
+#: chunks): their models advertise a fixed part plus a part per 1,000 input tokens.
+TOKEN_TASKS = frozenset({"embed"})
+#: A line is fitted through (size, cost) once this many calls span this much of the unit (seconds
+#: of audio, thousands of tokens); with fewer, or calls all of one size, the fixed part cannot be
+#: told from the rest and the whole cost is put per unit.
 MIN_FIT_CALLS = 5
 MIN_FIT_SPREAD_S = 1.0
+#: A short query (~10 tokens) and a note chunk (~200) are 0.19 apart.
+MIN_FIT_SPREAD_KTOKENS = 0.1
 
 
 @dataclass(frozen=True, slots=True)
-class _AudioCall:
-    audio_s: float
+class _Unit:
+    """What a model's cost grows with. Its calls' sizes are fitted against their time and joules
+    as a fixed part (latency_ms, energy_j_per_call) plus a part per unit (ModelSpec fields
+    ``ms_field`` and ``j_field``)."""
+
+    ms_field: str
+    j_field: str
+    min_spread: float
+
+
+AUDIO_SECONDS = _Unit("ms_per_audio_s", "energy_j_per_audio_s", MIN_FIT_SPREAD_S)
+KILO_TOKENS = _Unit("ms_per_1k_tokens", "energy_j_per_1k_tokens", MIN_FIT_SPREAD_KTOKENS)
+
+
+@dataclass(frozen=True, slots=True)
+class _SizedCall:
+    """One call of a model priced per unit that ran the model."""
+
+    size: float  # in the model's unit: seconds of audio, thousands of input tokens
     ms: float
     joules: float | None  # None: neither measured nor estimable from the device's power
 
@@ -49,8 +71,9 @@ class InferService:
         self._latencies: dict[str, collections.deque[float]] = {}
         #: (joules, tokens generated) per call of a local language model.
         self._token_energy: dict[str, collections.deque[tuple[float, int]]] = {}
-        #: Audio length, time and joules per call of a speech model that ran.
-        self._audio_calls: dict[str, collections.deque[_AudioCall]] = {}
+        #: Size (audio seconds, kilo-tokens), time and joules per call that ran a model priced
+        #: per unit (:func:`_unit`).
+        self._sized_calls: dict[str, collections.deque[_SizedCall]] = {}
         self._calls: collections.Counter[str] = collections.Counter()
         #: Models loaded by their first call, with their warm figures to announce.
         self._loaded: dict[str, dict[str, Any]] = {}
@@ -95,25 +118,23 @@ class InferService:
             joules, estimated = self._estimate_joules(model, seconds), True
         if not result.simulated:
             self._observe(model.name, seconds * 1000)
-            speech = _is_speech(model)
-            if joules and result.tokens_out and model.runtime != "cloud" and not speech:
+            unit = _unit(model)
+            if joules and result.tokens_out and model.runtime != "cloud" and unit is None:
                 self._token_energy.setdefault(model.name, collections.deque(maxlen=WINDOW)).append(
                     (joules, result.tokens_out))
-            audio_s = result.stats.get("audio_s")
-            # A silent clip answered without running the model says nothing about its cost, and
-            # a call that loaded the model first (load_ms) more about the load than the model.
             if "load_ms" in result.stats and model.runtime == "whisper" and model.latency_ms is not None:
                 # Loaded now: the cold-start allowance comes off at once.
                 lat = model.latency_ms
                 self._loaded[model.name] = {"latency_ms": LatencyMs(
                     p50=lat.p50, p95=max(lat.p50, lat.p95 - COLD_LOAD_MS))}
-            if (speech and audio_s and audio_s > 0 and result.stats.get("speech") != 0.0
-                    and "load_ms" not in result.stats):
-                # Joules fitted per audio second must come from this call: measured, or from the
-                # device's power. The catalogue's energy_j_per_call fallback is a constant.
+            size = _size(unit, call.task, result.stats, result.tokens_in) if unit is not None else None
+            # A call that loaded the model first (load_ms) says more about the load than the model.
+            if size is not None and "load_ms" not in result.stats:
+                # Joules fitted per unit must come from this call: measured, or from the device's
+                # power. The catalogue's energy_j_per_call fallback is a constant.
                 from_power = self._power().active_w is not None and model.runtime != "cloud"
-                self._audio_calls.setdefault(model.name, collections.deque(maxlen=WINDOW)).append(
-                    _AudioCall(float(audio_s), seconds * 1000, joules if (not estimated or from_power) else None))
+                self._sized_calls.setdefault(model.name, collections.deque(maxlen=WINDOW)).append(
+                    _SizedCall(size, seconds * 1000, joules if (not estimated or from_power) else None))
         return InferAnswer(model=model.name, output=result.output, confidence=result.confidence,
                            joules=round(joules, 6) if joules is not None else None, joules_estimated=estimated,
                            tokens_in=result.tokens_in, tokens_out=result.tokens_out, stats=result.stats,
@@ -134,7 +155,8 @@ class InferService:
         figures are off by more than 20 % (and 1 ms): measured p50/p95 and, for local language
         models, joules per generated token. A speech model's latency_ms is the fixed part of a
         call: it comes with ms_per_audio_s (and energy_j_per_call with energy_j_per_audio_s) from
-        a line fitted through its calls (:func:`fit_line`). A re-announcement makes every hub
+        a line fitted through its calls (:func:`fit_line`); an embedding model's likewise with
+        ms_per_1k_tokens and energy_j_per_1k_tokens. A re-announcement makes every hub
         re-validate the document and rebuild its fleet, so it is sent only when it matters."""
         out: dict[str, dict[str, Any]] = dict(self._loaded)
         self._loaded.clear()
@@ -145,11 +167,13 @@ class InferService:
             self._calls[name] = 0
             updates: dict[str, Any] = {}
             spec = advertised.get(name)
-            audio_calls = self._audio_calls.get(name)
-            if spec is not None and _is_speech(spec):
+            unit = _unit(spec) if spec is not None else None
+            sized = self._sized_calls.get(name)
+            if spec is not None and unit is not None and (sized or unit is AUDIO_SECONDS):
                 # Only calls that ran the model count: the time of a silent clip is no fixed part.
-                if audio_calls:
-                    updates.update(_speech_figures(spec, list(audio_calls)))
+                # (An embedding runtime that reports no token counts gets the plain p50/p95.)
+                if sized:
+                    updates.update(_sized_figures(spec, unit, list(sized)))
             else:
                 ordered = sorted(samples)
                 p50 = ordered[len(ordered) // 2]
@@ -186,15 +210,32 @@ def _off(advertised: float, measured: float, at_least: float) -> bool:
     return abs(measured - advertised) > max(at_least, 0.2 * advertised)
 
 
-def _is_speech(model: ModelSpec) -> bool:
-    return not SPEECH_TASKS.isdisjoint(model.tasks)
+def _unit(model: ModelSpec) -> _Unit | None:
+    """What the model's cost grows with: audio for speech models, input tokens for embedding
+    models; None for the others (a fixed latency, or joules per generated token)."""
+    if not SPEECH_TASKS.isdisjoint(model.tasks):
+        return AUDIO_SECONDS
+    if not TOKEN_TASKS.isdisjoint(model.tasks):
+        return KILO_TOKENS
+    return None
 
 
-def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
-    """(fixed part, per second of audio) for (audio seconds, cost) points: least squares once
-    :data:`MIN_FIT_CALLS` points span :data:`MIN_FIT_SPREAD_S`, else the whole cost per second
-    (through the origin). Neither part is ever negative: a line that would need one (noise, a
-    cache that makes long clips cheap) gives way to the other part alone."""
+def _size(unit: _Unit, task: str, stats: dict[str, float], tokens_in: int | None) -> float | None:
+    """A call's size in ``unit``, or None when the call says nothing about the model's cost: a
+    silent clip answered without running the model, a runtime that counts nothing."""
+    if unit is AUDIO_SECONDS:
+        audio_s = stats.get("audio_s")
+        return float(audio_s) if audio_s and audio_s > 0 and stats.get("speech") != 0.0 else None
+    if task in TOKEN_TASKS and tokens_in:
+        return tokens_in / 1000
+    return None
+
+
+def fit_line(points: Sequence[tuple[float, float]], min_spread: float = MIN_FIT_SPREAD_S) -> tuple[float, float]:
+    """(fixed part, per unit) for (size, cost) points, the size in seconds of audio or thousands
+    of tokens: least squares once :data:`MIN_FIT_CALLS` points span ``min_spread``, else the
+    whole cost per unit (through the origin). Neither part is ever negative: a line that would
+    need one (noise, a cache that makes long clips cheap) gives way to the other part alone."""
     n = len(points)
     if n == 0:
         return 0.0, 0.0
@@ -202,7 +243,7 @@ def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
     ys = [y for _, y in points]
     total_x = sum(xs)
     through_origin = (0.0, sum(ys) / total_x if total_x > 0 else 0.0)
-    if n < MIN_FIT_CALLS or max(xs) - min(xs) < MIN_FIT_SPREAD_S:
+    if n < MIN_FIT_CALLS or max(xs) - min(xs) < min_spread:
         return through_origin
     mx, my = total_x / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
@@ -215,25 +256,27 @@ def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
     return intercept, slope
 
 
-def _speech_figures(spec: ModelSpec, calls: list[_AudioCall]) -> dict[str, Any]:
-    """Updates of a speech model's fixed and per-audio-second figures, where they are off by more
-    than 20 %. The fixed part's p50 is the fitted line's intercept; its p95 adds the 95th
-    percentile of how far calls ran over the line."""
+def _sized_figures(spec: ModelSpec, unit: _Unit, calls: list[_SizedCall]) -> dict[str, Any]:
+    """Updates of a model's fixed and per-unit figures, where they are off by more than 20 %. The
+    fixed part's p50 is the fitted line's intercept; its p95 adds the 95th percentile of how far
+    calls ran over the line."""
     out: dict[str, Any] = {}
-    fixed, per_s = fit_line([(c.audio_s, c.ms) for c in calls])
-    over = sorted(c.ms - (fixed + per_s * c.audio_s) for c in calls)
+    fixed, per_unit = fit_line([(c.size, c.ms) for c in calls], unit.min_spread)
+    over = sorted(c.ms - (fixed + per_unit * c.size) for c in calls)
     p50 = fixed
     p95 = max(p50, fixed + over[min(len(over) - 1, int(0.95 * len(over)))])
     old = spec.latency_ms
     if old is None or _off(old.p50, p50, 1.0) or _off(old.p95, p95, 1.0):
         out["latency_ms"] = LatencyMs(p50=round(p50, 3), p95=round(p95, 3))
-    if spec.ms_per_audio_s is None or _off(spec.ms_per_audio_s, per_s, 1.0):
-        out["ms_per_audio_s"] = float(f"{per_s:.4g}")
-    energy = [(c.audio_s, c.joules) for c in calls if c.joules is not None]
+    was = getattr(spec, unit.ms_field)
+    if was is None or _off(was, per_unit, 1.0):
+        out[unit.ms_field] = float(f"{per_unit:.4g}")
+    energy = [(c.size, c.joules) for c in calls if c.joules is not None]
     if energy:
-        j_fixed, j_per_s = fit_line(energy)
+        j_fixed, j_per_unit = fit_line(energy, unit.min_spread)
         if spec.energy_j_per_call is None or _off(spec.energy_j_per_call, j_fixed, 0.0):
             out["energy_j_per_call"] = float(f"{j_fixed:.4g}")
-        if spec.energy_j_per_audio_s is None or _off(spec.energy_j_per_audio_s, j_per_s, 0.0):
-            out["energy_j_per_audio_s"] = float(f"{j_per_s:.4g}")
+        was = getattr(spec, unit.j_field)
+        if was is None or _off(was, j_per_unit, 0.0):
+            out[unit.j_field] = float(f"{j_per_unit:.4g}")
     return out

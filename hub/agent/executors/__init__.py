@@ -11,7 +11,7 @@ from .base import ExecError, Executor
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("code", "simulated", "tflite", "ollama", "cloud", "llamacpp", "whisper", "wakeword")
+RUNTIMES = ("code", "simulated", "tflite", "ollama", "cloud", "llamacpp", "whisper", "wakeword", "onnx")
 
 
 @dataclass
@@ -61,6 +61,9 @@ class ExecutorSet:
         if runtime == "wakeword":
             from .wakeword import WakeWordExecutor
             return WakeWordExecutor(o.models_dir)
+        if runtime == "onnx":
+            from .embed import EmbedExecutor
+            return EmbedExecutor(o.models_dir)
         raise ExecError("unavailable", f"no executor for runtime {runtime!r} on this device (known: {', '.join(RUNTIMES)})")
 
     async def aclose(self) -> None:

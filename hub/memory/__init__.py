@@ -1,0 +1,1 @@
+"""Local memory: the semantic index of notes and repositories, retrieval and the semantic cache."""
