@@ -34,7 +34,7 @@ def test_per_second_figures_scale_latency_and_energy() -> None:
     assert phone.p50_ms == pytest.approx(300 + 2 * 150)
     assert phone.p95_ms == pytest.approx(600 + 2 * 150)
     assert phone.joules == pytest.approx(0.5 + 2 * 0.6)
-    assert phone.audio_ms == pytest.approx(300)
+    assert phone.extra_ms == pytest.approx(300)
     assert any("2.0 s of audio: +300 ms" in r for r in phone.reasons)
 
 
@@ -69,4 +69,4 @@ def test_a_request_may_name_its_model() -> None:
 def test_text_requests_are_not_affected() -> None:
     d = route(TaskRequest(task="transcribe"), FLEET, RouterConfig())
     assert candidate(d, "phone").p50_ms == pytest.approx(300)
-    assert candidate(d, "phone").audio_ms == 0.0
+    assert candidate(d, "phone").extra_ms == 0.0

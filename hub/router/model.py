@@ -131,12 +131,13 @@ class Entry:
     announced: Live  # what to use while nothing has been learned
     rank: int  # tier.rank, read once per candidate per decision
     tiny_only: bool  # a larger than tiny model on a device in tiny_only mode (its battery is low)
-    #: Speech models: ms and joules per second of audio beyond the first ``audio_free_s`` (0 when
-    #: the model announced per-second figures; otherwise its per-call figures cover a
-    #: ``REFERENCE_AUDIO_S`` clip and longer audio scales them).
-    ms_per_audio_s: float = 0.0
-    j_per_audio_s: float = 0.0
-    audio_free_s: float = 0.0
+    #: What grows with the request's size, per unit beyond the first ``unit_free``: for speech
+    #: models ms and joules per second of audio (``unit_free`` is 0 when the model announced
+    #: per-second figures; otherwise its per-call figures cover a ``REFERENCE_AUDIO_S`` clip and
+    #: longer audio scales them); for embedding models, per 1,000 input tokens.
+    ms_per_unit: float = 0.0
+    j_per_unit: float = 0.0
+    unit_free: float = 0.0
     #: task → (the Learned it was blended with, the blend). The stats snapshot after an outcome
     #: shares every other key's Learned with the one before, so decisions in the same fleet
     #: snapshot (the same `now`) blend only what changed.
@@ -179,15 +180,17 @@ def _entry(d: DeviceView, m: ModelSpec, task: str) -> Entry:
     tier = Tier.large if cloud else d.tier
     announced = m.quality_for(task)
     quality = announced if announced is not None else TIER_QUALITY[tier]
-    audio = (0.0, 0.0, 0.0)
+    per_unit = (0.0, 0.0, 0.0)
     if task in AUDIO_TASKS:
         if m.ms_per_audio_s is not None:
-            audio = (m.ms_per_audio_s, m.energy_j_per_audio_s or 0.0, 0.0)
+            per_unit = (m.ms_per_audio_s, m.energy_j_per_audio_s or 0.0, 0.0)
         else:
-            audio = ((p50 - wake_ms) / REFERENCE_AUDIO_S, (joules - wake_j) / REFERENCE_AUDIO_S, REFERENCE_AUDIO_S)
+            per_unit = ((p50 - wake_ms) / REFERENCE_AUDIO_S, (joules - wake_j) / REFERENCE_AUDIO_S, REFERENCE_AUDIO_S)
+    elif m.ms_per_1k_tokens is not None or m.energy_j_per_1k_tokens is not None:
+        per_unit = (m.ms_per_1k_tokens or 0.0, m.energy_j_per_1k_tokens or 0.0, 0.0)
     return Entry(d, m, cloud, tier, quality, p50 + queue, p95 + queue, queue, measured, joules, gco2, cost, per_token,
                  g_per_j, price_per_j, below, wake_ms, wake_j, Live(p50 + queue, p95 + queue, 1.0, quality), tier.rank,
-                 tier is not Tier.tiny and d.energy_mode == "tiny_only", *audio)
+                 tier is not Tier.tiny and d.energy_mode == "tiny_only", *per_unit)
 
 
 @dataclass(frozen=True)
@@ -234,10 +237,10 @@ class Candidate:
     #: and ``wake_score`` of the score are the wake's).
     wake_ms: float = 0.0
     wake_score: float = 0.0
-    #: The part of the latencies above that is the request's audio (speech models): what is
-    #: learned from outcomes is the call without it, so a 10 min recording and a 2 s command teach
-    #: the same figure.
-    audio_ms: float = 0.0
+    #: The part of the latencies above that grows with the request (its audio, its tokens): what
+    #: is learned from outcomes is the call without it, so a 10 min recording and a 2 s command
+    #: teach the same figure.
+    extra_ms: float = 0.0
 
     @property
     def reasons(self) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..capability import Tier
-from .model import Candidate, Entry, Exclusion, FleetSnapshot, Live, RouteDecision, TaskRequest
+from .model import AUDIO_TASKS, Candidate, Entry, Exclusion, FleetSnapshot, Live, RouteDecision, TaskRequest
 from .cache import CacheConfig
 from .predict import PredictorConfig
 from .prices import BUILTIN_CLOUD_PRICES, DEFAULT_COUNTERFACTUAL_MODEL, PRICE_LIST_DATE
@@ -234,10 +234,10 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, quality: float, cfg: Rout
     d, m, tier = e.device, e.model, e.tier
     joules, gco2, cost, priced = (_request_costs(req, e, cfg) if e.cloud or e.j_per_token
                                   else (e.joules, e.gco2, e.cost, True))
-    audio_ms, audio_j = _audio_extra(req, e) if req.audio_s else (0.0, 0.0)
-    if audio_ms or audio_j:
-        live = _with_audio(live, audio_ms)
-        joules, gco2, cost = joules + audio_j, gco2 + audio_j * e.g_per_j, cost + audio_j * e.price_per_j
+    extra_ms, extra_j = _unit_extra(req, e) if e.ms_per_unit or e.j_per_unit else (0.0, 0.0)
+    if extra_ms or extra_j:
+        live = _with_extra(live, extra_ms)
+        joules, gco2, cost = joules + extra_j, gco2 + extra_j * e.g_per_j, cost + extra_j * e.price_per_j
     budget = req.budget_ms
 
     def explain() -> tuple[str, ...]:
@@ -256,8 +256,10 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, quality: float, cfg: Rout
         if e.wake_ms or e.wake_j:
             reasons.append(f"asleep: waking it adds {e.wake_ms:.0f} ms and {e.wake_j:.3g} J (the wake and the "
                            f"idle minutes before it may sleep again)")
-        if audio_ms:
-            reasons.append(f"{req.audio_s:.1f} s of audio: +{audio_ms:.0f} ms, +{audio_j:.3g} J")
+        if extra_ms or extra_j:
+            what = (f"{req.audio_s:.1f} s of audio" if req.task in AUDIO_TASKS
+                    else f"{_units(req) * 1000:.0f} input tokens")
+            reasons.append(f"{what}: +{extra_ms:.0f} ms, +{extra_j:.3g} J")
         if not priced:
             reasons.append("no price for this cloud model (neither router.cloud_prices nor the built-in list)")
         if d.energy_mode == "prefer_small" and tier.rank > Tier.small.rank:
@@ -272,18 +274,22 @@ def _candidate(req: TaskRequest, e: Entry, live: Live, quality: float, cfg: Rout
         if live.p95 > budget >= live.p95 - e.wake_ms:
             wake_score += 10.0
     return Candidate(d.id, m.name, m.runtime, tier, live.p50, live.p95, joules, gco2, cost, quality, score,
-                     live.p95 <= budget, explain, m.max_concurrency, e.wake_ms, wake_score, audio_ms)
+                     live.p95 <= budget, explain, m.max_concurrency, e.wake_ms, wake_score, extra_ms)
 
 
-def _audio_extra(req: TaskRequest, e: Entry) -> tuple[float, float]:
-    """The ms and joules the request's audio adds to a speech model's per-call figures."""
-    if not req.audio_s or not e.ms_per_audio_s:
-        return 0.0, 0.0
-    seconds = max(0.0, req.audio_s - e.audio_free_s)
-    return seconds * e.ms_per_audio_s, seconds * e.j_per_audio_s
+def _units(req: TaskRequest) -> float:
+    """How much of what a model prices per unit the request holds: seconds of audio for speech,
+    thousands of input tokens (~4 bytes each) otherwise."""
+    return (req.audio_s or 0.0) if req.task in AUDIO_TASKS else req.size() / 4000
 
 
-def _with_audio(live: Live, ms: float) -> Live:
+def _unit_extra(req: TaskRequest, e: Entry) -> tuple[float, float]:
+    """The ms and joules the request's audio or tokens add to the model's per-call figures."""
+    units = max(0.0, _units(req) - e.unit_free)
+    return units * e.ms_per_unit, units * e.j_per_unit
+
+
+def _with_extra(live: Live, ms: float) -> Live:
     return Live(live.p50 + ms, live.p95 + ms, live.success_rate, live.quality, live.learned, live.latency_weight,
                 live.confidence_weight)
 
@@ -464,19 +470,25 @@ def _scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
     """The sort key of a candidate for this request: over budget last, then by score (lower is
     better). What depends only on the request and the config is worked out here, once."""
     inner = _policy_scorer(req, cfg, policy, target)
-    if not req.audio_s:
+    if req.task in AUDIO_TASKS and not req.audio_s or req.task not in _PER_UNIT_TASKS:
         return inner
-    # Speech: the audio's seconds on the latency, and (sovereign) its joules on carbon and money.
+    # Speech and embeddings: what the request's size adds on the latency, and (sovereign) its
+    # joules on carbon and money.
     w_carbon, w_money = ((cfg.weight_carbon / cfg.carbon_ref_g, cfg.weight_money / cfg.money_ref)
                          if policy == "sovereign" else (0.0, 0.0))
 
-    def with_audio(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
-        if not e.ms_per_audio_s:
+    def with_extra(e: Entry, live: Live, quality: float, n: int) -> tuple[bool, float, float, int]:
+        if not e.ms_per_unit and not e.j_per_unit:
             return inner(e, live, quality, n)
-        ms, joules = _audio_extra(req, e)
-        over, score, p95, i = inner(e, _with_audio(live, ms), quality, n)
+        ms, joules = _unit_extra(req, e)
+        over, score, p95, i = inner(e, _with_extra(live, ms), quality, n)
         return over, score + joules * (w_carbon * e.g_per_j + w_money * e.price_per_j), p95, i
-    return with_audio
+    return with_extra
+
+
+#: Tasks whose models may price per unit of input (announced per second of audio or per 1,000
+#: tokens); other tasks skip the wrapper, which costs a call per candidate.
+_PER_UNIT_TASKS = AUDIO_TASKS | {"embed"}
 
 
 def _policy_scorer(req: TaskRequest, cfg: RouterConfig, policy: str,
