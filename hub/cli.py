@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, cli_pairing, cli_token, cli_voice
+from . import __version__, cli_memory, cli_pairing, cli_token, cli_voice
 from .cli_api import api_call, columns, format_power, open_api
 from .capability import Tier, is_valid_device_id
 from .config import BrokerUrl, ConfigError, TlsConfig, load_config
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--stream", action="store_true", help="print text as it is generated")
             t.add_argument("--max-tokens", type=int, help="at most this many tokens of output")
             t.add_argument("--timeout-ms", type=float, help="give up after this long (default 30000)")
+            t.add_argument("--context", choices=["notes"], help="qa, summarize, draft: send the notes retrieved for "
+                                                                "the text with the prompt, and list them")
 
     eeg = sub.add_parser("eeg", help="EEG biofeedback sessions (the eeg plugin)")
     eeg.add_argument("action", choices=["start", "stop", "pause", "resume", "list", "report"],
@@ -238,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_token.add_parser(sub)
     cli_voice.add_parser(sub, DEFAULT_API, URL_HELP)
+    cli_memory.add_parsers(sub, DEFAULT_API, URL_HELP)
 
     comp = sub.add_parser("completion", help="print the shell completion script",
                           description="bash: eval \"$(sovereign completion bash)\" in ~/.bashrc; zsh: the same in "
@@ -307,6 +310,8 @@ def _main(argv: list[str] | None) -> int:
             return cli_token.run(args)
         if args.command == "listen":
             return cli_voice.run(args)
+        if args.command in ("search", "memory"):
+            return cli_memory.run(args)
         if args.command == "completion":
             import argcomplete
             print(argcomplete.shellcode(["sovereign"], shell=args.shell), end="")
@@ -536,6 +541,8 @@ def _cmd_task(args: argparse.Namespace) -> int:
             body["options"] = {"max_tokens": args.max_tokens}
         if args.timeout_ms:
             body["timeout_ms"] = args.timeout_ms
+        if args.context:
+            body["context"] = args.context
     timeout = (args.timeout_ms or 30_000) / 1000 + 5 if infer else 10
     try:
         resp = open_api("POST", f"{args.url.rstrip('/')}/api/{'infer' if infer else 'route'}", body, timeout)
@@ -590,8 +597,11 @@ def _cmd_task(args: argparse.Namespace) -> int:
     print(f"-- {doc['id']}: {by.get('model')} on {by.get('device')} ({by.get('layer')}), "
           f"{doc['latency_ms']:.0f} ms, {doc['joules']:.3g} J, ${doc['cost']:.6f}{extra}"
           + (", simulated" if doc.get("simulated") else "")
+          + (", a question meaning the same was answered before" if doc.get("cached") == "semantic" else "")
           + (f", after {len(doc['attempts']) - 1} failed attempt(s)" if len(doc["attempts"]) > 1 else ""),
           file=sys.stderr)
+    for src in doc.get("sources") or []:
+        print(f"   [{src['n']}] {cli_memory.where(src)}", file=sys.stderr)
     return 0
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .energy.model import ModeThresholds
+from .memory.config import MemoryConfig
 from .power.plan import PowerConfig
 from .router.route import RouterConfig
 
@@ -315,6 +316,7 @@ class HubConfig(_Section):
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     power: PowerConfig = Field(default_factory=PowerConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     #: Per-plugin sections, validated by each plugin's own model when it loads.
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

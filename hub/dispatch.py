@@ -70,6 +70,19 @@ class PowerHooks(Protocol):
     async def wake(self, device_id: str, reason: str = ...) -> str | None: ...
 
 
+class MemoryHooks(Protocol):
+    """What the dispatcher asks of the hub's memory (hub/memory/service.py): notes for a prompt,
+    and the semantic cache."""
+
+    async def augment(self, req: InferRequest) -> tuple[InferRequest, list[dict[str, Any]]]: ...
+
+    async def semantic_get(self, req: InferRequest, question: str, context: str | None,
+                           producers: list[tuple[str, str]], now: float) -> Any: ...
+
+    async def semantic_put(self, req: InferRequest, question: str, context: str | None, producer: tuple[str, str],
+                           result: Any, now: float) -> None: ...
+
+
 class Slots:
     """One (device, model)'s announced max_concurrency, held at the hub: calls beyond it wait
     here in order instead of being sent to a device that would refuse them ``busy``."""
@@ -147,7 +160,7 @@ def audio_seconds(req: TaskRequest, fleet: FleetSnapshot, pcm_rate: int | None =
     except AudioError as exc:
         raise RequestError(exc.code, exc.message, 413 if exc.code == "too_long" else 400) from None
     if "budget_ms" in req.model_fields_set:
-        fastest = min(((e.p50 + max(0.0, seconds - e.audio_free_s) * e.ms_per_audio_s, e)
+        fastest = min(((e.p50 + max(0.0, seconds - e.unit_free) * e.ms_per_unit, e)
                        for e in fleet.by_task.get(req.task, ()) if req.model in (None, e.model.name)),
                       default=None, key=lambda t: t[0])
         if fastest is not None and fastest[0] > req.budget_ms:
@@ -169,7 +182,7 @@ class Dispatcher:
                  known_device: Callable[[str], bool] = lambda _id: True,
                  on_outcome: Callable[[InferOutcome], None] | None = None, hub_id: str = "",
                  thresholds: ModeThresholds | None = None, learner: PromptLearner | None = None,
-                 power: PowerHooks | None = None) -> None:
+                 power: PowerHooks | None = None, memory: MemoryHooks | None = None) -> None:
         self.cfg, self.router = cfg, router
         self.fleet, self.energy = fleet, energy
         self.stats, self.cache, self.rules, self.ledger = stats, cache, rules, ledger
@@ -178,6 +191,7 @@ class Dispatcher:
         self.thresholds = thresholds or ModeThresholds()
         self.learner = learner
         self.power = power
+        self.memory = memory
         self.deferred: dict[str, float] = {}  # request id -> run at
         self._written: set[str] = set()  # ids this process deferred: their outcomes go to the store
         self.counts: collections.Counter[str] = collections.Counter()
@@ -206,6 +220,8 @@ class Dispatcher:
                 raise RequestError("too_large", f"text of {len(req.text)} characters exceeds what every {req.task} "
                                                 f"model announced it takes (at most {max(n or 0 for n in limits)})",
                                    413)
+        if req.context is not None and self.memory is None:
+            raise RequestError("memory_unavailable", "this hub has no notes index (memory is disabled)", 422)
         if req.requester is not None and not self.known_device(req.requester):
             raise RequestError("unknown_device", f"requester {req.requester!r} is not a known device")
         return req
@@ -269,6 +285,27 @@ class Dispatcher:
         return out
 
     async def _answer(self, req: InferRequest, emit: OnChunk | None, reply: ReplyRoute | None) -> InferOutcome:
+        """With ``"context": "notes"``, the prompt is sent with the notes retrieved for it (routed,
+        priced and cached as the longer prompt it now is), and the outcome names them."""
+        question, context = req.text, req.context
+        if context is None or self.memory is None:
+            return await self._routed(req, emit, reply, question, context)
+        try:
+            req, sources = await self.memory.augment(req)
+        except RequestError as exc:  # no model, an index of another model: said, like any failure
+            return InferOutcome(req.id, req.task, False, error={"code": exc.code, "message": exc.message},
+                                reasons=["the notes could not be searched"])
+        out = await self._routed(req, emit, reply, question, context)
+        out.sources = sources
+        if sources:
+            out.reasons.insert(0, f"{len(sources)} notes retrieved for the prompt (+{len(req.text or '') - len(question or '')}"
+                                  f" characters)")
+        else:
+            out.reasons.insert(0, "no note close enough to the question: sent without notes")
+        return out
+
+    async def _routed(self, req: InferRequest, emit: OnChunk | None, reply: ReplyRoute | None, question: str | None,
+                      context: str | None) -> InferOutcome:
         now = self.clock.time
         rule = self.rules.match(req)
         if rule is not None:
@@ -300,7 +337,19 @@ class Dispatcher:
                                 reasons=reasons + [f"{e.device_id}/{e.model}: {e.reason}" for e in decision.excluded],
                                 deferred_s=deferred_s)
         # Not for an uncacheable task (echo, drafts): listing the producers scans the fleet's models.
-        hit = self.cache.get(req, self._producers(req, decision), now=now()) if self.cache.cacheable(req) else None
+        cacheable = self.cache.cacheable(req)
+        producers = self._producers(req, decision) if cacheable else []
+        hit = self.cache.get(req, producers, now=now()) if cacheable else None
+        if hit is None and cacheable and self.memory is not None and question is not None:
+            similar = await self.memory.semantic_get(req, question, context, producers, now())
+            if similar is not None:
+                model, runtime = similar.producer
+                self._ledger(req, "cache", model, "semantic", True, 0.0, 0.0, 0.0, 0.0)
+                return InferOutcome(req.id, req.task, True, similar.result.get("output"), {
+                    "device": "cache", "model": model, "layer": "cache"}, similar.result.get("confidence"),
+                    cached="semantic", deferred_s=deferred_s, reasons=reasons + [
+                        f"answered from the semantic cache: {similar.question!r} was asked before (cosine "
+                        f"{similar.similarity:.3f}), answered by {model} ({runtime})"])
         if hit is not None:
             (model, runtime), cached = hit
             self._refine(req, decision, model, runtime)
@@ -333,8 +382,10 @@ class Dispatcher:
         out.deferred_s = deferred_s
         # A simulated answer (no model ran) is neither kept nor compiled into a rule.
         if out.ok and out.served_by is not None and not out.simulated:
-            self.cache.put(req, (out.served_by["model"], out.runtime),
-                           {"output": out.output, "confidence": out.confidence}, now=now())
+            producer, kept = (out.served_by["model"], out.runtime), {"output": out.output, "confidence": out.confidence}
+            self.cache.put(req, producer, kept, now=now())
+            if self.memory is not None and question is not None and self.cache.cacheable(req):
+                await self.memory.semantic_put(req, question, context, producer, kept, now())
             proposed = self.rules.observe(req, out.output, now=now())
             if proposed is not None:
                 log.info("compiled pattern proposed: %s", proposed.id)
@@ -565,7 +616,7 @@ class Dispatcher:
             return None, Attempt(cand.device_id, cand.model, cand.tier.value, False, ms, error), err
         conf = answer.get("confidence") if answer else None
         self.stats.record(Outcome(req.id, cand.device_id, cand.model, req.task, cand.tier.value, ok,
-                                  max(0.0, ms - cand.audio_ms), self.clock.time(), error, conf))
+                                  max(0.0, ms - cand.extra_ms), self.clock.time(), error, conf))
         joules = _joules(cand, answer) if answer else 0.0
         self._ledger(req, cand.device_id, cand.model, cand.tier.value, ok, ms, joules, _gco2(cand, joules),
                      cand.cost if ok else 0.0)

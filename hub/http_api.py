@@ -23,6 +23,8 @@ from .auth import Guard, Refusal, SameOrigin
 from .capability import KNOWN_TASKS, is_valid_device_id
 from .config import format_validation_error
 from .dispatch import audio_seconds
+from .memory.schema import SearchRequest
+from .memory.service import Memory
 from .router.request import InferOutcome, InferRequest, RequestError
 from .energy.forecast import NoWindow, best_window, covered_until, fit_defaults, mean_over, no_window_hint
 from .pairing_api import PairingHub, add_pairing_routes
@@ -71,6 +73,7 @@ class ApiHub(PairingHub, Protocol):
     rules: RuleBook
     cache: ResultCache
     ledger: Ledger
+    memory: Memory
     live: LiveFeed
     plugins: PluginManager | None
     power: PowerManager
@@ -391,6 +394,40 @@ def make_app(hub: ApiHub) -> web.Application:
         log.info("cache cleared%s: %d answers removed", f" for {task}" if task else "", removed)
         return web.json_response({"removed": removed, "task": task})
 
+    async def search(request: web.Request) -> web.Response:
+        """Hybrid search of the notes and repositories: ``q`` (required), ``k`` (1-50, default
+        10), ``source`` and ``kind`` (note | code | commit) to narrow it; in the query string
+        (GET) or as a JSON body (POST, for a query longer than a URL)."""
+        try:
+            if request.method == "POST":
+                body = SearchRequest.model_validate_json(await request.read())
+            else:
+                query = {k: v for k, v in request.query.items() if v != "" or k == "q"}
+                if "q" not in query:
+                    return error(400, "bad_request", "q: the query is required (GET /api/search?q=...)")
+                body = SearchRequest.model_validate(query)
+        except ValidationError as exc:
+            return error(400, "bad_request", format_validation_error(exc).replace("\n", "; "))
+        try:
+            return web.json_response(await hub.memory.search(body.q, body.k, body.source, body.kind))
+        except RequestError as exc:
+            return error(exc.status, exc.code, exc.message)
+
+    async def memory_status(request: web.Request) -> web.Response:
+        return web.json_response(hub.memory.status())
+
+    async def memory_reindex(request: web.Request) -> web.Response:
+        """Scan now (``?source=`` one source) instead of at the next interval."""
+        try:
+            names = hub.memory.reindex(request.query.get("source") or None)
+        except RequestError as exc:
+            return error(exc.status, exc.code, exc.message)
+        return web.json_response({"scanning": names}, status=202)
+
+    app.router.add_get("/api/search", search)
+    app.router.add_post("/api/search", search)
+    app.router.add_get("/api/memory", memory_status)
+    app.router.add_post("/api/memory/reindex", memory_reindex)
     app.router.add_delete("/api/cache", clear_cache)
     app.router.add_get("/api/rules", rules)
     app.router.add_post(r"/api/rules/{id}/{action:approve|disable}", rule_state)
@@ -500,7 +537,8 @@ def _status(outcome: InferOutcome) -> int:
     if outcome.ok:
         return 200
     code = (outcome.error or {}).get("code") or ""
-    return CALLER_ERRORS.get(code) or {"no_route": 503, "overloaded": 503, "timeout": 504}.get(code, 502)
+    return CALLER_ERRORS.get(code) or {"no_route": 503, "overloaded": 503, "timeout": 504,
+                                             "memory_unavailable": 503, "index_mismatch": 409}.get(code, 502)
 
 
 def _outcome_response(outcome: InferOutcome) -> web.Response:

@@ -32,6 +32,7 @@ from .energy.snapshot import compute_snapshot
 from .energy.store import EnergyInputsChanged, EnergyReading, EnergyStore
 from .history import SqliteHistory
 from .lock import DataDirLock
+from .memory.service import Memory
 from .signals import enter_unless_stopped, stop_on_signals
 from .auth import AdminToken, Guard
 from .homeassistant import HomeAssistantDiscovery
@@ -184,6 +185,9 @@ class Hub:
                                                       self.pairing.is_trusted,
                                                       lambda device_id: not self.power.wake_failed(device_id)),
                                time.monotonic)
+        # Notes and repositories, searched on the hub and embedded by the fleet (hub/memory).
+        self.memory = Memory(cfg.memory, self.data_dir, cache_ttl_s=cfg.router.cache.ttl_s,
+                             run_task=lambda req: self.dispatcher.infer(req))
         self.deferred_store = deferred = DeferredStore(self.data_dir / "deferred.sqlite3")
         self._stack.callback(deferred.close)
         self.dispatcher = Dispatcher(
@@ -191,8 +195,9 @@ class Hub:
             cache=self.cache, rules=self.rules, ledger=self.ledger, rpc=self.rpc, store=deferred,
             known_device=lambda device_id: self.registry.get(device_id) is not None,
             on_outcome=self._task_finished, hub_id=cfg.hub_id, thresholds=cfg.energy.thresholds,
-            learner=self.learner, power=self.power)
+            learner=self.learner, power=self.power, memory=self.memory if cfg.memory.enabled else None)
         self._stack.push_async_callback(self.dispatcher.aclose)
+        self._stack.push_async_callback(self.memory.aclose)  # before the dispatcher: its batches use it
         self.commands = Commands(self)
         opts.subscriptions += [(self.commands.subscription, 1), (self.rpc.reply_topic, 1)]
         self.homeassistant = HomeAssistantDiscovery(self, cfg.homeassistant) if cfg.homeassistant.enabled else None
@@ -243,6 +248,7 @@ class Hub:
         if self.new_admin_token:
             log.warning("created the admin token; only its hash is kept (%s)", self.admin_token.path)
 
+        await self.memory.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="registry housekeeping"))
         self._tasks.append(asyncio.create_task(self._publish_energy(), name="energy publisher"))
         self._tasks.append(asyncio.create_task(self.power.run(), name="power planner"))

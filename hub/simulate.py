@@ -149,7 +149,7 @@ async def _replay(policy: str, fleet: FleetFile, trace: list[TraceTask], carbon:
             return
         result.latencies.append(out.latency_ms)
         result.escalations += sum(not a.ok for a in out.attempts) > 0
-        result.cached += out.cached
+        result.cached += bool(out.cached)
         result.cloud_answers += out.served_by["layer"] == "large"
         q = quality.get((out.served_by["model"], task.task), 0.0)
         result.quality_all += q

@@ -5,12 +5,16 @@ HTTP, MQTT commands, plugins), each attempt on a device, and the outcome. The di
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from ..rpc import MAX_TIMEOUT_MS
 from .model import TaskRequest
+
+
+#: Tasks whose prompt may carry retrieved notes (``"context": "notes"``).
+CONTEXT_TASKS = frozenset({"qa", "summarize", "draft"})
 
 
 class InferRequest(TaskRequest):
@@ -21,6 +25,14 @@ class InferRequest(TaskRequest):
     stream: bool = Field(default=False, description="Stream text as it is generated")
     options: dict[str, Any] = Field(default_factory=dict, description="max_tokens, temperature, system")
     timeout_ms: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_MS, description="Hard limit for the whole request")
+    context: Literal["notes"] | None = Field(default=None, description="qa, summarize, draft: send the notes "
+                                             "retrieved for the text with the prompt, and cite them")
+
+    @model_validator(mode="after")
+    def _context_for_text_tasks(self) -> "InferRequest":
+        if self.context is not None and self.task not in CONTEXT_TASKS:
+            raise ValueError(f"context is for {', '.join(sorted(CONTEXT_TASKS))}, not {self.task}")
+        return self
 
 
 @dataclass
@@ -49,7 +61,7 @@ class InferOutcome:
     joules: float = 0.0
     gco2: float = 0.0
     cost: float = 0.0
-    cached: bool = False
+    cached: bool | Literal["semantic"] = False  # "semantic": a question that means the same was answered
     simulated: bool = False
     attempts: list[Attempt] = field(default_factory=list)
     error: dict[str, Any] | None = None  # code, message; retry_after_s when overloaded
@@ -58,6 +70,7 @@ class InferOutcome:
     votes: dict[str, int] | None = None
     hub: str = ""  # which hub answered (several may share a fleet)
     runtime: str = ""  # the answering model's runtime (the cache's key; not in the document)
+    sources: list[dict[str, Any]] | None = None  # the notes sent with the prompt, as cited ([1] is sources[0])
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": self.id, "hub": self.hub, "task": self.task, "ok": self.ok, "output": self.output,
@@ -73,6 +86,8 @@ class InferOutcome:
             doc["deferred_s"] = round(self.deferred_s, 3)
         if self.votes is not None:
             doc["votes"] = self.votes
+        if self.sources is not None:
+            doc["sources"] = self.sources
         return doc
 
 
