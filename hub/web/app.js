@@ -586,6 +586,148 @@ pttButton.addEventListener("click", (ev) => {
   if (rec.state === "idle") startRecording(); else stopRecording();
 });
 
+// -- memory -----------------------------------------------------------------------------------
+// Search of the hub's index of notes and repositories (GET /api/search), its status
+// (GET /api/memory) and "Scan now" (POST /api/memory/reindex). Text from the hub is text.
+// MAX_URL_CHARS: aiohttp's request line limit (8190 bytes) less "GET " and " HTTP/1.1".
+const MEMORY_K = 10, SNIPPET_CHARS = 200, MAX_URL_CHARS = 8000, MEMORY_POLL_MS = 30000, MEMORY_BUSY_MS = 2000, MEMORY_BUSY_FOR_MS = 120000;
+const memory = { seq: 0, chunks: null, scanAt: -Infinity, busyTimer: null };
+const KIND_NAMES = { note: "notes", code: "code", commit: "commit messages" };
+
+function memoryStatus(text, isError = false) {
+  $("memory-status").textContent = text || "";
+  $("memory-status").classList.toggle("error", Boolean(isError && text));
+}
+function hubMessage(status, doc) { return doc?.error?.message || `HTTP ${status}`; }
+function quoted(q) { return `“${q.length > 60 ? q.slice(0, 59) + "…" : q}”`; }
+// The chunk's text without its first line (the note title and heading path, shown above it).
+function snippet(text) {
+  const s = String(text ?? ""), nl = s.indexOf("\n");
+  const body = (nl >= 0 ? s.slice(nl + 1) : s).replace(/\s+/g, " ").trim();
+  return body.length > SNIPPET_CHARS ? body.slice(0, SNIPPET_CHARS - 1).trimEnd() + "…" : body;
+}
+function memoryHit(h) {
+  const lines = !(Number(h.line_start) > 0) ? "" : h.line_end > h.line_start ? `lines ${h.line_start}-${h.line_end}` : `line ${h.line_start}`;
+  const cosine = h.cosine === null || h.cosine === undefined ? "keywords only" : `cosine ${num(h.cosine, 2)}`;
+  const why = [`fused rank score ${h.score}`, h.cosine === null || h.cosine === undefined ? "no vector match" : `cosine ${h.cosine}`,
+    h.keyword_rank ? `keyword rank ${h.keyword_rank}` : "no keyword match"].join(" · ");
+  const text = snippet(h.text);
+  return el("li", { "data-testid": "memory-hit", "data-kind": h.kind, "data-path": h.path },
+    el("div", { class: "memory-head" },
+      el("span", { class: "memory-source", "data-testid": "memory-hit-source" }, String(h.source ?? "")),
+      el("code", { class: "memory-path", "data-testid": "memory-hit-path" }, String(h.path ?? "")),
+      el("span", { class: `badge kind ${h.kind}` }, String(h.kind ?? "")),
+      lines ? el("span", { class: "memory-lines", "data-testid": "memory-hit-lines" }, lines) : null,
+      el("span", { class: "memory-score", "data-testid": "memory-hit-score", title: why }, `score ${num(h.score, 2)} · ${cosine}`)),
+    h.heading ? el("div", { class: "memory-heading", "data-testid": "memory-hit-heading" }, String(h.heading)) : null,
+    text ? el("p", { class: "memory-snippet", "data-testid": "memory-hit-text" }, text) : null,
+    (h.tags || []).length ? el("div", { class: "memory-tags" }, h.tags.map((t) => `#${t}`).join(" ")) : null);
+}
+async function searchMemory(q, kind) {
+  const seq = ++memory.seq, button = $("memory-form").querySelector("button[type=submit]");
+  const params = new URLSearchParams({ q, k: String(MEMORY_K) });
+  if (kind) params.set("kind", kind);
+  const path = `/api/search?${params}`;
+  if (path.length > MAX_URL_CHARS) { // the HTTP server reads no longer request line, and answers without JSON
+    memoryStatus(`not searched: the query is too long once encoded in the address (${path.length} characters; up to ${MAX_URL_CHARS}): shorten it`, true);
+    $("memory-results").replaceChildren();
+    button.disabled = false;
+    return;
+  }
+  button.disabled = true;
+  memoryStatus(`searching for ${quoted(q)}…`);
+  try {
+    const { status, doc } = await api("GET", path);
+    if (seq !== memory.seq) return; // a newer search has been sent
+    const list = $("memory-results");
+    if (status !== 200) {
+      list.replaceChildren();
+      memoryStatus(`not searched: ${hubMessage(status, doc)}`, true);
+      return;
+    }
+    const hits = doc.results || [];
+    if (!hits.length) {
+      const why = memory.chunks === 0 ? " (nothing is indexed yet)" : kind ? ` among ${KIND_NAMES[kind] || kind}` : "";
+      list.replaceChildren(el("li", { class: "memory-empty", "data-testid": "memory-empty" }, `No matches${why}`));
+      memoryStatus(`No matches for ${quoted(doc.query ?? q)}${why}`);
+    } else {
+      list.replaceChildren(...hits.map(memoryHit));
+      memoryStatus(`${hits.length} result${hits.length === 1 ? "" : "s"} for ${quoted(doc.query ?? q)} in ${num(doc.took_ms)} ms`);
+    }
+  } catch (err) {
+    if (seq === memory.seq) memoryStatus(`could not reach the hub: ${err.message || err}`, true);
+  } finally {
+    if (seq === memory.seq) button.disabled = false;
+    refreshMemory();
+  }
+}
+$("memory-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const q = $("memory-query").value.trim();
+  if (!q) { memoryStatus("type what to look for first", true); $("memory-query").focus(); return; }
+  searchMemory(q, $("memory-kind").value);
+});
+// The kind filter applies at once to the query shown.
+$("memory-kind").addEventListener("change", () => {
+  const q = $("memory-query").value.trim();
+  if (q && $("memory-results").children.length) searchMemory(q, $("memory-kind").value);
+});
+
+function sourceText(s) {
+  const parts = [`${s.state}`, `${s.files ?? 0} file${s.files === 1 ? "" : "s"}`, `${s.chunks ?? 0} chunk${s.chunks === 1 ? "" : "s"}`];
+  if (s.pending_chunks) parts.push(`${s.pending_chunks} waiting to be embedded`);
+  if (s.skipped?.total) parts.push(`${s.skipped.total} skipped`);
+  return `${s.name}: ${parts.join(", ")}`;
+}
+function renderMemory(doc) {
+  const line = $("memory-summary"), sources = doc.sources || [];
+  memory.chunks = typeof doc.chunks === "number" ? doc.chunks : sources.length ? sources.reduce((n, s) => n + (s.chunks ?? 0), 0) : 0;
+  const kids = [];
+  if (!doc.enabled) kids.push(el("span", { class: "warn" }, "memory is off (memory.enabled = false in hub.toml)"));
+  else if (!sources.length) kids.push("no sources: add [[memory.vaults]] or [[memory.repos]] to hub.toml");
+  sources.forEach((s, i) => {
+    if (i) kids.push(" · ");
+    const skipped = (s.skipped?.first || []).slice(0, 5).map((x) => `${x.path}: ${x.reason}`).join("\n");
+    kids.push(el("span", { class: `memory-src ${s.state}`, "data-testid": "memory-source", "data-name": s.name, "data-state": s.state,
+      title: [`${s.kind} at ${s.root}`, s.last_scan ? `last scanned ${new Date(s.last_scan * 1000).toLocaleString()}` : "not scanned yet",
+        skipped ? `skipped:\n${skipped}` : ""].filter(Boolean).join("\n") }, sourceText(s)));
+    if (s.error) kids.push(el("span", { class: "warn" }, ` (${s.error})`));
+  });
+  if (doc.error) kids.push(el("span", { class: "warn", "data-testid": "memory-error" }, ` · error: ${doc.error}`));
+  if (doc.model) kids.push(el("span", { class: "memory-model" }, ` · model ${doc.model}`));
+  line.replaceChildren(...kids);
+  return sources.some((s) => s.state === "scanning" || s.state === "embedding");
+}
+async function refreshMemory() {
+  try {
+    const { status, doc } = await api("GET", "/api/memory");
+    if (status !== 200) { $("memory-summary").textContent = `index status: ${hubMessage(status, doc)}`; return; }
+    const busy = renderMemory(doc);
+    // Just after "Scan now": follow the scan closely (a few seconds for it to start, then until
+    // every source is idle again, for at most MEMORY_BUSY_FOR_MS), else every MEMORY_POLL_MS.
+    clearTimeout(memory.busyTimer);
+    const since = Date.now() - memory.scanAt;
+    if (since < MEMORY_BUSY_FOR_MS && (busy || since < 3 * MEMORY_BUSY_MS)) memory.busyTimer = setTimeout(refreshMemory, MEMORY_BUSY_MS);
+  } catch (err) {
+    $("memory-summary").textContent = `index status: could not reach the hub (${err.message || err})`;
+  }
+}
+$("memory-reindex").addEventListener("click", async (ev) => {
+  const b = ev.currentTarget;
+  b.disabled = true;
+  try {
+    const { status, doc } = await api("POST", "/api/memory/reindex");
+    if (status === 202) {
+      const names = doc.scanning || [];
+      memoryStatus(names.length ? `Scanning ${names.join(", ")} now` : "Nothing to scan");
+      memory.scanAt = Date.now();
+    } else memoryStatus(`not scanned: ${hubMessage(status, doc)}`, true);
+  } catch (err) {
+    memoryStatus(`could not reach the hub: ${err.message || err}`, true);
+  } finally { b.disabled = false; refreshMemory(); }
+});
+document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshMemory(); });
+
 // -- the live feed ----------------------------------------------------------------------------
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
@@ -616,7 +758,7 @@ $("token-form").addEventListener("submit", (ev) => {
   token = $("token").value.trim();
   localStorage.setItem("sovereign-token", token);
   notice("");
-  refreshCosts(); refreshRules(); refreshPower(); loadRateable(); refreshVoice();
+  refreshCosts(); refreshRules(); refreshPower(); loadRateable(); refreshVoice(); refreshMemory();
 });
 $("device-filter").addEventListener("input", (ev) => { state.filter = ev.target.value; state.page = 0; queueRender(); });
 $("prev").addEventListener("click", () => { state.page = Math.max(0, state.page - 1); queueRender(); });
@@ -624,3 +766,5 @@ $("next").addEventListener("click", () => { state.page++; queueRender(); });
 loadRateable().then(connect);
 refreshCosts(); refreshRules(); refreshPower(); refreshVoice(); pttView();
 setInterval(() => { refreshCosts(); refreshRules(); refreshPower(); }, 10000);
+refreshMemory();
+setInterval(() => { if (!document.hidden) refreshMemory(); }, MEMORY_POLL_MS);
