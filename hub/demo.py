@@ -102,6 +102,10 @@ def pair_demo_agent(hub: Hub, device_id: str) -> Path:
     return path
 
 
+#: The notes the demo indexes: this project's docs/ (present in a clone, not in a wheel).
+DEMO_NOTES = Path(__file__).resolve().parent.parent / "docs"
+
+
 def demo_data_dir() -> Path:
     """Where the demo keeps its data unless told (--data-dir): $SOVEREIGN_DEMO_DIR, else
     ~/.local/share/sovereign-demo."""
@@ -119,6 +123,10 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
         "zeroconf": {"interfaces": ["127.0.0.1"]},
         "discovery": {"heartbeat_timeout_s": 15},
         "energy": {"publish_interval_s": 2.0},
+        # The project's own documentation as the demo's notes: indexed by the demo's phone and
+        # laptop as deferrable work (within 5 minutes), then `sovereign search` finds it.
+        "memory": {"vaults": [{"name": "docs", "path": str(DEMO_NOTES)}] if DEMO_NOTES.is_dir() else [],
+                   "deadline_s": 300},
         "plugins": {
             # Real 2020 GB carbon and solar curves, 30 recorded minutes every 2.5 s, so that the
             # mode visibly changes: a day passes in two minutes.
@@ -152,7 +160,9 @@ async def run_demo(http_port: int = 8700, data_dir: Path | None = None, replay_s
               f"  Energy:  {hub.http_url}/api/energy (2020 GB grid replayed at {replay_speed:g}x)\n"
               f"Try: {cli} devices{url}, {cli} energy{url},\n"
               f"     {cli} infer --task intent 'schedule a meeting with Ana tomorrow at ten'{url},\n"
-              f"     {cli} infer --task qa --stream 'what is a heat pump?'{url}   — Ctrl-C stops everything.",
+              f"     {cli} infer --task qa --stream 'what is a heat pump?'{url},\n"
+              f"     {cli} search 'how does the hub pick a device for a task'{url} (once `{cli} memory{url}` "
+              f"shows the docs indexed)   — Ctrl-C stops everything.",
               flush=True)
         await stop.wait()
     finally:
