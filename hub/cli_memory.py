@@ -26,7 +26,8 @@ def add_parsers(sub: Any, default_url: str, url_help: str) -> None:
     se.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", default_url), help=url_help)
     se.add_argument("--json", action="store_true", help="print the whole JSON document")
     me = sub.add_parser("memory", help="the index of notes and repositories: status, or scan now")
-    me.add_argument("action", nargs="?", choices=["status", "reindex"], default="status")
+    me.add_argument("action", nargs="?", choices=["status", "reindex"], default="status",
+                    help="status (default): every source and what indexing is doing; reindex: scan now")
     me.add_argument("--source", help="reindex: only this source")
     me.add_argument("--url", default=os.environ.get("SOVEREIGN_URL", default_url), help=url_help)
     me.add_argument("--json", action="store_true", help="print the whole JSON document")
