@@ -150,7 +150,10 @@ async def test_answers_cite_the_notes_and_the_semantic_cache(mosquitto: Any, mak
     # it has no rule for goes on to the laptop's language model.
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"qa": {"When is the boiler service due?": "Every October."}}))
-    memory = {"vaults": [{"name": "notes", "path": str(vault)}], "deadline_s": 0, "scan_interval_s": 3600}
+    # The threshold is set here (the default, 0.977, is tuned on PAWS pairs): the test is of what the
+    # cache does with it, not of the tuned figure.
+    memory = {"vaults": [{"name": "notes", "path": str(vault)}], "deadline_s": 0, "scan_interval_s": 3600,
+              "semantic_cache": {"threshold": 0.96}}
     async with make_hub(mosquitto.url, zeroconf={"enabled": False}, memory=memory) as hub:
         await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ("--seed", "1", "--rules", str(rules))))
         await indexed(hub)
@@ -158,11 +161,11 @@ async def test_answers_cite_the_notes_and_the_semantic_cache(mosquitto: Any, mak
         status, first = await post(hub, "/api/infer", {"task": "qa", "text": question, "id": "plain"})
         assert status == 200 and first["output"] == "Every October." and first["cached"] is False, first
 
-        # The same question in other words (cosine 0.957): answered from the semantic cache.
+        # The same question in other words (cosine 0.979 as the cache embeds it): answered from the cache.
         status, again = await post(hub, "/api/infer", {"task": "qa", "text": "when's the boiler service due"})
         assert status == 200 and again["cached"] == "semantic" and again["output"] == "Every October.", again
         assert any("semantic cache: 'When is the boiler service due?' was asked before" in r for r in again["reasons"])
-        # One that looks alike and asks something else (0.72) is not a hit.
+        # One that looks alike and asks something else (0.66) is not a hit.
         status, other = await post(hub, "/api/infer", {"task": "qa", "text": "When is the boiler installed?"})
         assert other["cached"] is False and other["output"] != "Every October.", other
 
@@ -285,3 +288,24 @@ async def test_indexing_stopped_mid_batch_resumes_without_duplicates_or_loss(tmp
     assert len(rows) == 36 and all(n == 1 for *_, n in rows), "every chunk exactly once"
     assert len(store.index) == 36 and store.stats()["files"] == 12
     store.close()
+
+
+def test_semantic_cache_turns_away_the_same_words_in_another_order(tmp_path: Path) -> None:
+    """PAWS's danger: "from Paris to Rome" and "from Rome to Paris" embed almost alike. Even with
+    the very same vector, the word-order guard says no; a rephrasing that keeps the order hits."""
+    from hub.memory.config import SemanticCacheConfig
+    from hub.memory.semantic import SemanticCache, same_order
+
+    assert same_order("How do I reset the router?", "how can I reset my router")
+    assert not same_order("flights from Paris to Rome", "flights from Rome to Paris")
+    assert not same_order("what is the weather", "lights off")  # nothing shared
+    cache = SemanticCache(SemanticCacheConfig(threshold=0.9), {"qa": 3600}, 3, "m", tmp_path / "s.sqlite3")
+    v = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    assert cache.put("scope", "qa", "flights from Paris to Rome", v, ("m1", "code"), {"output": "AF 1234"}, now=0)
+    assert cache.get("scope", "flights from Rome to Paris", v, [("m1", "code")], now=1) is None
+    hit = cache.get("scope", "Flights from Paris to Rome, please", v, [("m1", "code")], now=1)
+    assert hit is not None and hit.result == {"output": "AF 1234"} and hit.similarity == pytest.approx(1.0)
+    assert cache.get("scope", "flights from Paris to Rome", v, [("m2", "code")], now=1) is None, "another producer"
+    assert cache.get("scope", "flights from Paris to Rome", v, [("m1", "code")], now=4000) is None, "expired"
+    assert cache.get("other", "flights from Paris to Rome", v, [("m1", "code")], now=1) is None, "other options"
+    cache.close()

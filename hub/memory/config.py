@@ -48,9 +48,10 @@ class SemanticCacheConfig(_Section):
     #: Tasks answered from a cached answer to a question that means the same. Not intent: "turn on
     #: the lights" and "turn off the lights" are 0.9 apart and must never share an answer.
     tasks: list[str] = Field(default_factory=lambda: ["qa"])
-    #: Cosine at or above which two questions count as the same; tuned on labelled paraphrase
-    #: pairs (benchmarks/memory.py, docs/benchmarks.md) for a low false-hit rate.
-    threshold: float = Field(default=0.95, gt=0, le=1)
+    #: Cosine (of the questions' words, without punctuation) at or above which two questions whose
+    #: shared words come in the same order count as the same: the lowest with at most 1 % false
+    #: hits on 1,000 labelled PAWS pairs (benchmarks/memory.py; docs/benchmarks.md has the rates).
+    threshold: float = Field(default=0.977, gt=0, le=1)
     #: Longer texts are not matched semantically: a paraphrase is a short question.
     max_chars: int = Field(default=500, ge=10, le=10_000)
     max_entries: int = Field(default=20_000, ge=10, le=1_000_000)
@@ -77,7 +78,8 @@ class MemoryConfig(_Section):
     max_file_bytes: int = Field(default=1_000_000, ge=1000, le=100_000_000)
     #: Queries longer than this are refused (413): a search box, not a document.
     max_query_chars: int = Field(default=2000, ge=10, le=100_000)
-    #: Threads for the hub's own embedding of queries.
+    #: Threads for the hub's own embedding of queries. One: the keyword search runs beside it
+    #: (a second thread made the whole query slower on 2 cores; benchmarks/memory.py).
     threads: int = Field(default=1, ge=1, le=64)
     context: ContextConfig = Field(default_factory=ContextConfig)
     semantic_cache: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)

@@ -46,8 +46,15 @@ RunTask = Callable[[InferRequest], Awaitable[InferOutcome]]
 CheckVector = Callable[[str, Sequence[float]], float]
 
 
+#: A batch that fails on its device (a timeout on a loaded laptop) is sent again this many times
+#: before the source waits for its next scan.
+BATCH_RETRIES = 2
+
+
 class BatchFailed(Exception):
-    pass
+    def __init__(self, message: str, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 @dataclass
@@ -225,10 +232,25 @@ class Indexer:
 
     async def _embed_documents(self, name: str, st: SourceStatus, docs: list[Document]) -> None:
         docs = [d for d in docs if d.chunks]
+        # An edited note keeps the vectors of the chunks whose text did not change.
+        kept = await asyncio.to_thread(lambda: {d.path: self.store.document_vectors(name, d.path) for d in docs})
         queue: collections.deque[tuple[_Pending, int, Chunk]] = collections.deque()
+        ready: list[_Pending] = []
         for d in docs:
             p = _Pending(d, np.zeros((len(d.chunks), self.store.dim), np.float32), len(d.chunks))
-            queue.extend((p, i, c) for i, c in enumerate(d.chunks))
+            old = kept.get(d.path, {})
+            for i, c in enumerate(d.chunks):
+                v = old.get(c.text)
+                if v is not None:
+                    p.vectors[i] = v
+                    p.missing -= 1
+                else:
+                    queue.append((p, i, c))
+            if p.missing == 0:
+                ready.append(p)
+        for p in ready:
+            await asyncio.to_thread(self.store.replace, name, p.doc.path, p.doc.state, p.doc.chunks, p.vectors,
+                                    self.clock(), p.doc.warnings)
         st.pending_chunks = len(queue)
         if not queue:
             return
@@ -239,7 +261,14 @@ class Indexer:
 
         async def one(batch: list[tuple[_Pending, int, Chunk]]) -> None:
             async with sem:
-                vectors = await self._embed_batch(name, st, [c.text for _, _, c in batch])
+                for attempt in range(BATCH_RETRIES + 1):
+                    try:
+                        vectors = await self._embed_batch(name, st, [c.text for _, _, c in batch])
+                        break
+                    except BatchFailed as exc:
+                        if not exc.retry or attempt == BATCH_RETRIES:
+                            raise
+                        log.info("memory: %s: %s; sending it again", name, exc)
             done: list[_Pending] = []
             for (p, i, _), v in zip(batch, vectors):
                 p.vectors[i] = v
@@ -275,7 +304,9 @@ class Indexer:
                          "joules": round(out.joules, 6)}
         if not out.ok:
             err = out.error or {}
-            raise BatchFailed(f"batch {req.id}: {err.get('code', 'failed')}: {err.get('message', '')}")
+            code = err.get("code", "failed")
+            raise BatchFailed(f"batch {req.id}: {code}: {err.get('message', '')}",
+                              retry=code not in ("no_route", "bad_request", "too_large"))
         vectors = _vectors(out.output, len(texts), self.store.dim, req.id)
         short = min(range(len(texts)), key=lambda i: len(texts[i]))
         cos = await asyncio.to_thread(self.check_vector, texts[short], vectors[short].tolist())

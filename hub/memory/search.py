@@ -7,6 +7,8 @@ find the exact error message or function name that an embedding blurs. Reciproca
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ from .store import MemoryStore, StoredChunk
 RRF_K = 60
 #: Each side contributes its best this-many before fusion (at least).
 POOL = 50
+_KEYWORDS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="memory-keywords")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,23 +53,54 @@ def fuse(vector: list[tuple[int, float]], keyword: list[tuple[int, float]], k: i
     return [(c, scores[c], cos.get(c), kw_rank.get(c)) for c in order]
 
 
+def _pool(k: int, source: str | None, kind: str | None) -> int:
+    return max(POOL, 5 * k) * (4 if source or kind else 1)
+
+
+def query(store: MemoryStore, text: str, embed: Callable[[str], np.ndarray], k: int = 10, source: str | None = None,
+          kind: str | None = None, hybrid: bool = True) -> tuple[np.ndarray, list[SearchHit]]:
+    """Embed ``text`` and search: the keyword side (SQLite) starts first and runs while the query
+    is embedded (onnxruntime) and the vectors scanned (numpy), each releasing the GIL. The
+    query's vector is returned with the hits."""
+    pool = _pool(k, source, kind)
+    keywords = _KEYWORDS.submit(store.keyword, text, pool) if hybrid else None
+    vector = embed(text)
+    return vector, _ranked(store, vector, keywords, k, source, kind, pool)
+
+
 def search(store: MemoryStore, text: str, query_vector: np.ndarray, k: int = 10, source: str | None = None,
            kind: str | None = None, hybrid: bool = True) -> list[SearchHit]:
-    """The top ``k`` chunks for ``text`` (embedded as ``query_vector``). Filters apply after
-    fusion, over a pool that grows with them."""
-    pool = max(POOL, 5 * k) * (4 if source or kind else 1)
+    """The top ``k`` chunks for ``text``, already embedded as ``query_vector``."""
+    return query(store, text, lambda _t: query_vector, k, source, kind, hybrid)[1]
+
+
+def _ranked(store: MemoryStore, query_vector: np.ndarray, keywords: Future[list[tuple[int, float]]] | None, k: int,
+            source: str | None, kind: str | None, pool: int) -> list[SearchHit]:
+    """Vector and keyword ranks fused; filters apply after fusion, over a pool that grows with
+    them."""
     vec = store.nearest(query_vector, pool)
-    kw = store.keyword(text, pool) if hybrid else []
+    kw = keywords.result() if keywords is not None else []
     fused = fuse(vec, kw, pool)
-    rows = store.chunks([c for c, *_ in fused])
     hits: list[SearchHit] = []
-    for cid, score, cosine, rank in fused:
-        c = rows.get(cid)
-        if c is None or (source and c.source != source) or (kind and c.kind != kind):
-            continue
-        if cosine is None:  # a keyword match outside the vector pool: its cosine, for the reader
-            cosine = float(store.vectors([cid])[0] @ query_vector)
-        hits.append(SearchHit(c, score, cosine, rank))
+    # Rows are read for as many ids as can be shown (more only when filters drop some).
+    step = k if not (source or kind) else pool
+    for at in range(0, len(fused), step):
+        part = fused[at:at + step]
+        rows = store.chunks([c for c, *_ in part])
+        for cid, score, cosine, rank in part:
+            c = rows.get(cid)
+            if c is None or (source and c.source != source) or (kind and c.kind != kind):
+                continue
+            hits.append(SearchHit(c, score, cosine, rank))
+            if len(hits) == k:
+                break
         if len(hits) == k:
             break
+    # A keyword match beyond the vector pool: its cosine too, for the reader (one read for all).
+    missing = [i for i, h in enumerate(hits) if h.cosine is None]
+    if missing:
+        vectors = store.vectors([hits[i].chunk.id for i in missing])
+        for i, v in zip(missing, vectors):
+            h = hits[i]
+            hits[i] = SearchHit(h.chunk, h.score, float(v @ query_vector), h.keyword_rank)
     return hits

@@ -3,15 +3,20 @@
 The exact cache (hub/router/cache.py) only matches the same normalised text. Here a request's
 text is embedded on the hub, and an answer kept for the same task, options and context whose
 question is at least ``threshold`` close (cosine) is served, by a producer the caller accepts,
-within the exact cache's lifetime for the task. The threshold is set from labelled paraphrase
-pairs for a low false-hit rate (benchmarks/memory.py); a false hit answers a different question,
-so the default leans to missing.
+within the exact cache's lifetime for the task, and only when the words the two questions share
+come in the same order (:func:`same_order`). A false hit answers a different question, so both
+guards lean to missing: on PAWS's adversarial pairs ("moved to New York from Chapel Hill" /
+"moved from New York to Chapel Hill", cosine 0.985) the embedding alone let 77 % of different
+questions through at 0.95, and needed 0.998 for 1 % (catching 11 % of true paraphrases); the word
+order check turns those swaps away. The threshold is tuned on labelled pairs for at most 1 %
+false hits (benchmarks/memory.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -24,6 +29,40 @@ import numpy as np
 from ..router.cache import UNCACHED_RUNTIMES, Producer
 from ..sqlite_db import open_db
 from .config import SemanticCacheConfig
+
+
+#: Words that change how a question is put, not what it asks. Prepositions, negations, numbers
+#: and question words are not among them: "from A to B" and "to A from B" differ.
+_FILLER = frozenset("a an the is are was were be been being am do does did and or but as that this these those it "
+                    "its i me my you your we our they their he she his her them there here can could would should "
+                    "will shall may might must please just also so".split())
+_WORDS = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+
+
+def question_text(text: str) -> str:
+    """What the cache embeds of a question: its words, case-folded, without punctuation ("When is
+    it due?" and "when is it due" are 0.96 apart as they are, and 1.0 so)."""
+    return " ".join(_WORDS.findall(text.casefold()))
+
+
+def content_words(text: str) -> list[str]:
+    """The words that carry the question, in order: case-folded, contractions cut at the
+    apostrophe ("when's" → "when"), filler left out."""
+    words = (w.split("'")[0] for w in _WORDS.findall(text.casefold()))
+    return [w for w in words if w not in _FILLER]
+
+
+def same_order(a: str, b: str) -> bool:
+    """The content words the two share come in the same order in both, and they share one at
+    least: "how do I reset the router" / "how can I reset my router?" agree; "flights from Paris
+    to Rome" / "flights from Rome to Paris" do not."""
+    wa, wb = content_words(a), content_words(b)
+    shared = set(wa) & set(wb)
+    if not shared:
+        return False
+    first_a = list(dict.fromkeys(w for w in wa if w in shared))
+    first_b = list(dict.fromkeys(w for w in wb if w in shared))
+    return first_a == first_b
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +120,10 @@ class SemanticCache:
         s.ids.append(sid)
         s.rows.append(v)
 
-    def get(self, scope: str, vector: np.ndarray, producers: Sequence[Producer],
+    def get(self, scope: str, question: str, vector: np.ndarray, producers: Sequence[Producer],
             now: float | None = None) -> SemanticHit | None:
-        """The closest kept answer at or above the threshold from one of ``producers``."""
+        """The closest kept answer at or above the threshold, to a question whose shared words
+        come in the same order, from one of ``producers``."""
         now = time.time() if now is None else now
         wanted = {p for p in producers if p[1] not in UNCACHED_RUNTIMES}
         with self._lock:
@@ -97,7 +137,7 @@ class SemanticCache:
             for sid, sim in candidates:
                 row = self._db.execute("SELECT model, runtime, expires, question, result FROM semantic WHERE id = ?",
                                        (sid,)).fetchone()
-                if row is None or row[2] <= now or (row[0], row[1]) not in wanted:
+                if row is None or row[2] <= now or (row[0], row[1]) not in wanted or not same_order(question, row[3]):
                     continue
                 self.hits += 1
                 return SemanticHit((row[0], row[1]), json.loads(row[4]), sim, row[3])

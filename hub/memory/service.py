@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -23,8 +24,8 @@ from ..router.request import InferOutcome, InferRequest, RequestError
 from .config import MemoryConfig
 from .embedder import Embedder, EmbedderError, load
 from .indexer import Indexer
-from .search import SearchHit, search
-from .semantic import SemanticCache, SemanticHit, scope_key
+from .search import query
+from .semantic import SemanticCache, SemanticHit, question_text, scope_key
 from .store import IndexMismatch, MemoryStore
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Memory:
         self._semantic: SemanticCache | None = None
         self._open_lock = asyncio.Lock()
         self._vectors: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._vectors_lock = threading.Lock()
         self.indexer: Indexer | None = None
         self.error: str | None = None  # why memory could not open (shown in status, returned as 503)
         self.counts: collections.Counter[str] = collections.Counter()
@@ -119,15 +121,21 @@ class Memory:
         return self._semantic
 
     async def embed_query(self, text: str) -> np.ndarray:
-        vec = self._vectors.get(text)
-        if vec is not None:
-            self._vectors.move_to_end(text)
-            return vec
         emb = await self.embedder()
-        vec = (await asyncio.to_thread(emb.embed, [text]))[0]
-        self._vectors[text] = vec
-        if len(self._vectors) > _QUERY_VECTORS:
-            self._vectors.popitem(last=False)
+        return await asyncio.to_thread(self._embed, emb, text)
+
+    def _embed(self, emb: Embedder, text: str) -> np.ndarray:
+        """A query's vector, from the recent ones when it was asked lately (worker threads)."""
+        with self._vectors_lock:
+            vec = self._vectors.get(text)
+            if vec is not None:
+                self._vectors.move_to_end(text)
+                return vec
+        vec = emb.embed([text])[0]
+        with self._vectors_lock:
+            self._vectors[text] = vec
+            if len(self._vectors) > _QUERY_VECTORS:
+                self._vectors.popitem(last=False)
         return vec
 
     def _check_vectors(self, text: str, vector: Sequence[float]) -> float:
@@ -155,8 +163,8 @@ class Memory:
         q = self.check_query(q)
         started = time.perf_counter()
         store = await self.store()
-        vec = await self.embed_query(q)
-        hits = await asyncio.to_thread(search, store, q, vec, k, source, kind)
+        emb = await self.embedder()
+        _, hits = await asyncio.to_thread(query, store, q, lambda text: self._embed(emb, text), k, source, kind)
         self.counts["searches"] += 1
         return {"query": q, "model": self.cfg.model, "took_ms": round((time.perf_counter() - started) * 1000, 3),
                 "results": [h.to_dict() for h in hits]}
@@ -169,9 +177,9 @@ class Memory:
         text = req.text or ""
         cfg = self.cfg.context
         store = await self.store()
-        query = text[:self.cfg.max_query_chars]
-        vec = await self.embed_query(query)
-        hits: list[SearchHit] = await asyncio.to_thread(search, store, query, vec, cfg.top_k)
+        emb = await self.embedder()
+        _, hits = await asyncio.to_thread(query, store, text[:self.cfg.max_query_chars],
+                                          lambda t: self._embed(emb, t), cfg.top_k)
         blocks: list[str] = []
         sources: list[dict[str, Any]] = []
         room = cfg.max_chars
@@ -215,10 +223,11 @@ class Memory:
             return None
         try:
             cache = await self._semantic_cache()
-            vec = await self.embed_query(question)
+            vec = await self.embed_query(question_text(question))
         except RequestError:  # no model: the exact cache still works
             return None
-        return await asyncio.to_thread(cache.get, scope_key(req.task, req.options, context), vec, producers, now)
+        return await asyncio.to_thread(cache.get, scope_key(req.task, req.options, context), question, vec,
+                                       producers, now)
 
     async def semantic_put(self, req: InferRequest, question: str, context: str | None, producer: Producer,
                            result: Any, now: float) -> None:
@@ -226,7 +235,7 @@ class Memory:
             return
         try:
             cache = await self._semantic_cache()
-            vec = await self.embed_query(question)
+            vec = await self.embed_query(question_text(question))
         except RequestError:
             return
         await asyncio.to_thread(cache.put, scope_key(req.task, req.options, context), req.task, question, vec,

@@ -26,6 +26,7 @@ import json
 import re
 import sqlite3
 import threading
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,12 @@ _SCHEMA = (
     " text TEXT NOT NULL, meta TEXT NOT NULL, vector BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS chunks_doc ON chunks (source, path)",
     # External content: the text is stored once, in `chunks`; the triggers keep FTS in step.
+    # No stemmer: the query's words are looked up as they are in chunks_vocab (how many chunks hold
+    # each), so that words in most chunks ("the", "how") are left out of the ranking. "_" is part
+    # of a word, so that an identifier (start_broker) is found whole.
     "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(heading, text, content='chunks',"
-    " content_rowid='id', tokenize='porter unicode61')",
+    " content_rowid='id', tokenize=\"unicode61 remove_diacritics 2 tokenchars '_'\")",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vocab USING fts5vocab(chunks_fts, 'row')",
     "CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN"
     " INSERT INTO chunks_fts (rowid, heading, text) VALUES (new.id, new.heading, new.text); END",
     "CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN"
@@ -82,11 +87,13 @@ class VectorIndex(Protocol):
 
 class ExactIndex:
     """Every vector in one float32 matrix; a query is one matrix-vector product and a partial
-    sort. Removal moves the last row into the hole, so the matrix stays dense."""
+    sort. The matrix is kept transposed (one row per dimension): numpy's product over it took
+    5.1 ms at 100,000 × 384 against 7.6 ms row by row. Removal moves the last vector into the
+    hole, so the matrix stays dense."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self._m = np.zeros((1024, dim), dtype=np.float32)
+        self._m = np.zeros((dim, 1024), dtype=np.float32)
         self._ids = np.zeros(1024, dtype=np.int64)
         self._pos: dict[int, int] = {}
         self._n = 0
@@ -98,16 +105,16 @@ class ExactIndex:
         need = self._n + len(ids)
         if need > len(self._ids):
             cap = max(need, 2 * len(self._ids))
-            m = np.zeros((cap, self.dim), dtype=np.float32)
-            m[:self._n] = self._m[:self._n]
+            m = np.zeros((self.dim, cap), dtype=np.float32)
+            m[:, :self._n] = self._m[:, :self._n]
             idx = np.zeros(cap, dtype=np.int64)
             idx[:self._n] = self._ids[:self._n]
             self._m, self._ids = m, idx
         for i, v in zip(ids.tolist(), vectors):
             if i in self._pos:  # a re-add replaces
-                self._m[self._pos[i]] = v
+                self._m[:, self._pos[i]] = v
                 continue
-            self._m[self._n] = v
+            self._m[:, self._n] = v
             self._ids[self._n] = i
             self._pos[i] = self._n
             self._n += 1
@@ -120,17 +127,18 @@ class ExactIndex:
             last = self._n - 1
             if at != last:
                 moved = int(self._ids[last])
-                self._m[at] = self._m[last]
+                self._m[:, at] = self._m[:, last]
                 self._ids[at] = moved
                 self._pos[moved] = at
             self._n = last
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-        if self._n == 0 or k <= 0:
+        n = self._n
+        if n == 0 or k <= 0:
             return []
-        scores = self._m[:self._n] @ query.astype(np.float32, copy=False)
-        k = min(k, self._n)
-        top = np.argpartition(-scores, k - 1)[:k] if k < self._n else np.arange(self._n)
+        scores = query.astype(np.float32, copy=False) @ self._m[:, :n]
+        k = min(k, n)
+        top = np.argpartition(scores, n - k)[n - k:] if k < n else np.arange(n)
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(int(self._ids[j]), float(scores[j])) for j in top]
 
@@ -159,13 +167,25 @@ class SourceRow:
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+#: Query words held by more than this share of the chunks are left out of the keyword ranking:
+#: they add little to BM25 and make FTS5 rank most of the index (at 100,000 chunks, ranking every
+#: chunk holding "the" or "how" took 150 ms; benchmarks/memory.py).
+COMMON_SHARE = 0.02
+MAX_TERMS = 8
 
 
-def fts_query(text: str, max_terms: int = 32) -> str | None:
-    """A user's words as an FTS5 query that cannot be a syntax error: each distinct word quoted,
-    OR-ed (BM25 ranks the chunks holding more and rarer ones first). None when there is no word."""
-    words = list(dict.fromkeys(w.casefold() for w in _WORD.findall(text)))[:max_terms]
-    return " OR ".join(f'"{w}"' for w in words) if words else None
+def query_words(text: str, max_words: int = 64) -> list[str]:
+    """The distinct words of ``text`` as the FTS5 tokenizer indexes them (case-folded, accents
+    removed)."""
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    plain = "".join(c for c in folded if not unicodedata.combining(c))
+    return list(dict.fromkeys(_WORD.findall(plain)))[:max_words]
+
+
+def fts_query(terms: Sequence[str]) -> str | None:
+    """Words as an FTS5 query that cannot be a syntax error: each quoted, OR-ed (BM25 ranks the
+    chunks holding more and rarer ones first). None when there is no word."""
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms) if terms else None
 
 
 class MemoryStore:
@@ -177,7 +197,12 @@ class MemoryStore:
                  index: VectorIndex | None = None) -> None:
         self.path = path
         self._db = open_db(path, *_SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection
+        #: The vector index has a lock of its own, so that a keyword search (SQLite) and a vector
+        #: search (numpy) of one query run at once on two cores; writers take both.
+        self._index_lock = threading.Lock()
+        self._df: dict[str, int] = {}  # word → chunks holding it (a cache: see _document_frequencies)
+        self._df_size = 0
         self.model, self.fingerprint, self.dim = model, fingerprint, dim
         self._check_model()
         self.index: VectorIndex = index if index is not None else ExactIndex(dim)
@@ -262,9 +287,10 @@ class MemoryStore:
                                  (source, path, state.mtime_ns, state.size, state.sha, at,
                                   json.dumps(list(warnings)) if warnings else None))
             # Only after the commit: a failed transaction leaves the in-memory index as it was.
-            self.index.remove(old)
-            if new:
-                self.index.add(np.asarray(new, dtype=np.int64), vectors)
+            with self._index_lock:
+                self.index.remove(old)
+                if new:
+                    self.index.add(np.asarray(new, dtype=np.int64), vectors)
         return len(new)
 
     def touch(self, source: str, states: Mapping[str, FileState]) -> None:
@@ -283,7 +309,8 @@ class MemoryStore:
                                                            (source, p))]
                     self._db.execute("DELETE FROM chunks WHERE source = ? AND path = ?", (source, p))
                     removed += self._db.execute("DELETE FROM files WHERE source = ? AND path = ?", (source, p)).rowcount
-            self.index.remove(ids)
+            with self._index_lock:
+                self.index.remove(ids)
         return removed
 
     def drop_source(self, name: str) -> None:
@@ -294,7 +321,8 @@ class MemoryStore:
                 self._db.execute("DELETE FROM chunks WHERE source = ?", (name,))
                 self._db.execute("DELETE FROM files WHERE source = ?", (name,))
                 self._db.execute("DELETE FROM sources WHERE name = ?", (name,))
-            self.index.remove(ids)
+            with self._index_lock:
+                self.index.remove(ids)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -316,21 +344,48 @@ class MemoryStore:
         return {s: {"files": files.get(s, 0), "chunks": chunks.get(s, 0)} for s in set(files) | set(chunks)}
 
     def nearest(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-        with self._lock:
+        with self._index_lock:
             return self.index.search(query, k)
 
     def keyword(self, text: str, k: int) -> list[tuple[int, float]]:
-        """BM25 over headings and text (best first; FTS5's rank is lower-is-better, negated here)."""
-        q = fts_query(text)
-        if q is None:
+        """BM25 over headings and text (best first; FTS5's rank is lower-is-better, negated here),
+        on the query's rarer words: the ones in at most COMMON_SHARE of the chunks (or, when every
+        word is that common, the three rarest), at most MAX_TERMS of them."""
+        words = query_words(text)
+        if not words:
             return []
         with self._lock:
+            df = self._document_frequencies(words)
+            present = sorted((n, w) for w, n in df.items() if n > 0)
+            limit = max(50, COMMON_SHARE * len(self.index))
+            terms = [w for n, w in present if n <= limit][:MAX_TERMS] or [w for _, w in present[:3]]
+            q = fts_query(terms)
+            if q is None:
+                return []
             try:
                 rows = self._db.execute("SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank"
                                         " LIMIT ?", (q, k)).fetchall()
             except sqlite3.OperationalError:  # fts_query quotes every word; kept as a guard
                 return []
         return [(int(r), -float(s)) for r, s in rows]
+
+    def _document_frequencies(self, words: Sequence[str]) -> dict[str, int]:
+        """How many chunks hold each word. fts5vocab scans its table to answer (7 ms at 100,000
+        chunks), so answers are kept until the index has grown or shrunk by a tenth: they only
+        decide which words are too common to rank by."""
+        size = len(self.index)
+        if abs(size - self._df_size) > 0.1 * max(self._df_size, 100):
+            self._df.clear()
+            self._df_size = size
+        unknown = [w for w in words if w not in self._df]
+        if unknown:
+            marks = ",".join("?" * len(unknown))
+            found = dict(self._db.execute(f"SELECT term, doc FROM chunks_vocab WHERE term IN ({marks})", unknown))
+            for w in unknown:
+                self._df[w] = int(found.get(w, 0))
+            if len(self._df) > 100_000:
+                self._df.clear()
+        return {w: self._df[w] for w in words if w in self._df}
 
     def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
         if not ids:
@@ -342,11 +397,22 @@ class MemoryStore:
         return {r[0]: StoredChunk(*r[:8], json.loads(r[8])) for r in rows}
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
-        """The stored vectors of ``ids`` (benchmarks compare the index against them)."""
-        marks = ",".join("?" * len(ids))
+        """The stored vectors of ``ids`` (benchmarks compare the index against them), read in
+        slices: some SQLite builds allow 32,766 variables per statement."""
+        rows: dict[int, bytes] = {}
         with self._lock:
-            rows = dict(self._db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", tuple(ids)))
+            for at in range(0, len(ids), 10_000):
+                part = tuple(ids[at:at + 10_000])
+                marks = ",".join("?" * len(part))
+                rows.update(self._db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", part))
         return np.stack([np.frombuffer(rows[i], dtype=np.float32) for i in ids])
+
+    def document_vectors(self, source: str, path: str) -> dict[str, np.ndarray]:
+        """A document's stored vectors by chunk text: an edited note re-embeds only the chunks
+        whose text changed."""
+        with self._lock:
+            rows = self._db.execute("SELECT text, vector FROM chunks WHERE source = ? AND path = ?", (source, path))
+            return {t: np.frombuffer(v, dtype=np.float32) for t, v in rows}
 
     def all_ids(self) -> list[int]:
         with self._lock:
@@ -356,7 +422,8 @@ class MemoryStore:
         with self._lock:
             n = self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]
             f = self._db.execute("SELECT count(*) FROM files").fetchone()[0]
-        return {"chunks": n, "files": f, "indexed_vectors": len(self.index)}
+        with self._index_lock:
+            return {"chunks": n, "files": f, "indexed_vectors": len(self.index)}
 
     def close(self) -> None:
         with self._lock:
