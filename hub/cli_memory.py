@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
           + (f", {doc['chunks']} chunks in {doc['files']} files" if "chunks" in doc else "")
           + (f"; error: {doc['error']}" if doc.get("error") else ""))
     for s in doc["sources"]:
-        line = f"  {s['name']:<16} {s['kind']:<6} {s['state']:<10} {s.get('files', 0):>6} files {s.get('chunks', 0):>7} chunks"
+        line = (f"  {s['name']:<16} {s['kind']:<6} {s['state']:<10} {s.get('files', 0):>6} files "
+                f"{s.get('chunks', 0):>7} chunks")
         if s.get("pending_chunks"):
             line += f", {s['pending_chunks']} chunks waiting to be embedded"
         if s.get("error"):

@@ -309,3 +309,26 @@ def test_semantic_cache_turns_away_the_same_words_in_another_order(tmp_path: Pat
     assert cache.get("scope", "flights from Paris to Rome", v, [("m1", "code")], now=4000) is None, "expired"
     assert cache.get("other", "flights from Paris to Rome", v, [("m1", "code")], now=1) is None, "other options"
     cache.close()
+
+
+async def test_memory_routes_refuse_strangers(mosquitto: Any, make_hub: Any, tmp_path: Path) -> None:
+    """Notes are private: a search from a page of another site, under another host name (DNS
+    rebinding) or, for writes and POSTed searches, without the admin token is refused."""
+    from .test_http_security import call
+
+    memory = {"vaults": [{"name": "notes", "path": str(tmp_path / "vault")}], "scan_interval_s": 3600}
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, http={"require_token": "writes"},
+                        memory=memory) as hub:
+        token = {"Authorization": f"Bearer {hub.new_admin_token}"}
+        async with aiohttp.ClientSession() as s:
+            for method, path, body in [("POST", "/api/memory/reindex", None), ("POST", "/api/search", {"q": "boiler"})]:
+                status, err = await call(s, method, hub.http_url + path, json=body)
+                assert status == 401, (path, err)
+                status, err = await call(s, method, hub.http_url + path, json=body,
+                                         headers={**token, "Origin": "http://evil.example"})
+                assert status == 403 and err["error"]["code"] == "cross_origin", (path, err)
+            for path in ("/api/search?q=boiler", "/api/memory"):
+                status, err = await call(s, "GET", hub.http_url + path, headers={"Host": "evil.example"})
+                assert status == 403 and err["error"]["code"] == "bad_host", (path, err)
+            status, ok = await call(s, "POST", hub.http_url + "/api/memory/reindex", headers=token)
+            assert status == 202 and ok == {"scanning": ["notes"]}

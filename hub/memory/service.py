@@ -55,6 +55,7 @@ class Memory:
         self._vectors_lock = threading.Lock()
         self.indexer: Indexer | None = None
         self.error: str | None = None  # why memory could not open (shown in status, returned as 503)
+        self._no_model: str | None = None  # why the model did not load: the semantic cache is off
         self.counts: collections.Counter[str] = collections.Counter()
 
     @property
@@ -90,7 +91,7 @@ class Memory:
                     try:
                         self._embedder = await asyncio.to_thread(self._loader, self.cfg.model_dir, self.cfg.threads)
                     except EmbedderError as exc:
-                        self.error = str(exc)
+                        self.error = self._no_model = str(exc)
                         raise RequestError("memory_unavailable", f"the embedding model does not load: {exc}",
                                            503) from None
         return self._embedder
@@ -116,8 +117,8 @@ class Memory:
             async with self._open_lock:
                 if self._semantic is None:
                     self._semantic = await asyncio.to_thread(
-                        SemanticCache, self.cfg.semantic_cache, self._ttl, emb.dim, f"{self.cfg.model}:{emb.fingerprint}",
-                        self.semantic_path)
+                        SemanticCache, self.cfg.semantic_cache, self._ttl, emb.dim,
+                        f"{self.cfg.model}:{emb.fingerprint}", self.semantic_path)
         return self._semantic
 
     async def embed_query(self, text: str) -> np.ndarray:
@@ -209,13 +210,10 @@ class Memory:
 
     # -- the semantic cache ------------------------------------------------------------------------
 
-    def semantic_applies(self, req: InferRequest) -> bool:
-        return self.cfg.enabled and self._semantic_enabled(req.task, req.text)
-
     def _semantic_enabled(self, task: str, text: str | None) -> bool:
         sc = self.cfg.semantic_cache
-        return (sc.enabled and text is not None and task in sc.tasks and 0 < len(text) <= sc.max_chars
-                and self._ttl.get(task, 0) > 0 and self.error is None)
+        return (self.cfg.enabled and sc.enabled and text is not None and task in sc.tasks and 0 < len(text) <= sc.max_chars
+                and self._ttl.get(task, 0) > 0 and self._no_model is None)
 
     async def semantic_get(self, req: InferRequest, question: str, context: str | None,
                            producers: Sequence[Producer], now: float) -> SemanticHit | None:

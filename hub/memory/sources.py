@@ -289,15 +289,16 @@ class VaultSource:
     def _file(self, rel: str, path: Path, old: FileState | None, result: ScanResult, seen: set[str],
               refused: set[str], unsure: set[str]) -> None:
         """Examine one note; any I/O failure is a skip (checked again next scan), never an exception."""
+
+        def unsure_because(e: OSError) -> None:
+            why = "vanished during the scan" if isinstance(e, FileNotFoundError) else f"unreadable: {e.strerror}"
+            result.skipped.append((rel, why))
+            unsure.add(rel)
+
         try:
             st = os.stat(path)  # before reading: if the file changes in between, the next scan sees a new mtime
-        except FileNotFoundError:
-            result.skipped.append((rel, "vanished during the scan"))
-            unsure.add(rel)
-            return
         except OSError as e:
-            result.skipped.append((rel, f"unreadable: {e.strerror}"))
-            unsure.add(rel)
+            unsure_because(e)
             return
         if not stat.S_ISREG(st.st_mode):
             result.skipped.append((rel, "not a regular file"))  # a FIFO would block the read forever
@@ -311,13 +312,8 @@ class VaultSource:
             return
         try:
             data = self._read(path)
-        except FileNotFoundError:
-            result.skipped.append((rel, "vanished during the scan"))
-            unsure.add(rel)
-            return
         except OSError as e:
-            result.skipped.append((rel, f"unreadable: {e.strerror}"))
-            unsure.add(rel)
+            unsure_because(e)
             return
         state = FileState(st.st_mtime_ns, st.st_size, hashlib.sha256(data).hexdigest())
         if old is not None and old.sha == state.sha:

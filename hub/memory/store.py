@@ -328,7 +328,8 @@ class MemoryStore:
 
     def known(self, source: str) -> dict[str, FileState]:
         with self._lock:
-            rows = self._db.execute("SELECT path, mtime_ns, size, sha FROM files WHERE source = ?", (source,)).fetchall()
+            rows = self._db.execute("SELECT path, mtime_ns, size, sha FROM files WHERE source = ?",
+                                    (source,)).fetchall()
         return {p: FileState(m, s, h) for p, m, s, h in rows}
 
     def sources(self) -> list[SourceRow]:
