@@ -108,6 +108,8 @@ DATA = ROOT / "benchmarks" / "data" / "memory"
 CORPUS = DATA / "corpus" / "ollama-docs"
 RETRIEVAL = DATA / "retrieval.jsonl"
 PARAPHRASE = DATA / "paraphrase.jsonl"
+TRACE = ROOT / "examples" / "trace.jsonl"
+QA_TTL_S = 3600.0  # [router.cache] ttl_s for qa (hub/router/cache.py DEFAULT_TTL)
 MAX_CHARS = 1200  # the vault's chunk size (VaultSource)
 BATCH = 32  # chunks per embed task (MemoryConfig.batch_size)
 K = 10
@@ -497,6 +499,37 @@ def rates(cos: np.ndarray, same: np.ndarray, t: float, guard: np.ndarray) -> dic
     return {"hit_rate": float(hit[same].mean()), "false_hit_rate": float(hit[~same].mean())}
 
 
+def trace_savings(embedder: Embedder, threshold: float) -> dict[str, Any]:
+    """The example trace's qa requests (examples/trace.jsonl) in order, with each task's cache
+    lifetime (an hour for qa): how many the exact cache answers (the same normalised text, as
+    hub/router/cache.py), and how many more the semantic cache would (an earlier question still
+    kept, at or above ``threshold`` and in the same word order)."""
+    rows = [json.loads(line) for line in TRACE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    asks = [(float(r["t"]), r["text"]) for r in rows if r.get("task") == "qa" and r.get("text")]
+    texts = sorted({t for _, t in asks})
+    vec = dict(zip(texts, embedder.embed([question_text(t) for t in texts])))
+    kept: dict[str, float] = {}  # normalised text -> when it was answered
+    exact = semantic = 0
+    for at, text in asks:
+        key = " ".join(text.casefold().split())
+        live = {k: t for k, t in kept.items() if at - t < QA_TTL_S}
+        if key in live:
+            exact += 1
+            continue
+        if any(float(vec[k] @ vec[text]) >= threshold and same_order(k, text) for k in originals(live, texts)):
+            semantic += 1
+            continue
+        kept[key] = at
+    return {"qa_requests": len(asks), "distinct_questions": len(texts), "exact_hits": exact, "semantic_hits": semantic,
+            "max_cosine_between_questions": float(max((vec[a] @ vec[b] for i, a in enumerate(texts)
+                                                       for b in texts[i + 1:]), default=0.0))}
+
+
+def originals(live: dict[str, float], texts: list[str]) -> list[str]:
+    """The trace's texts whose normalised form is kept."""
+    return [t for t in texts if " ".join(t.casefold().split()) in live]
+
+
 def semantic_cache(embedder: Embedder, log: Log) -> dict[str, Any]:
     pairs = [json.loads(line) for line in PARAPHRASE.read_text(encoding="utf-8").splitlines() if line.strip()]
     # Embedded as the cache embeds a question: its words, case-folded, without punctuation.
@@ -539,6 +572,7 @@ def semantic_cache(embedder: Embedder, log: Log) -> dict[str, Any]:
                             "test": rates(cos[test], same[test], tuned_cosine_only, everything[test]),
                             "test_at_default": rates(cos[test], same[test], default, everything[test])},
             "equal_error": {"threshold": float(grid[eer_i]), "rate": float((fh[eer_i] + miss[eer_i]) / 2)},
+            "trace": trace_savings(embedder, default),
             "cosine": {"same": dist(same), "different": dist(~same)}}
 
 
@@ -689,6 +723,10 @@ def report(f: dict[str, Any]) -> None:
               f"{co['test']['hit_rate'] * 100:.1f} %, false hits {co['test']['false_hit_rate'] * 100:.1f} %; at the "
               f"default {co['test_at_default']['hit_rate'] * 100:.1f} % / "
               f"{co['test_at_default']['false_hit_rate'] * 100:.1f} %")
+        tr = x["trace"]
+        print(f"  example trace: {tr['qa_requests']} qa requests, {tr['distinct_questions']} distinct; the exact cache "
+              f"answers {tr['exact_hits']}, the semantic cache {tr['semantic_hits']} more (the closest two questions "
+              f"are {tr['max_cosine_between_questions']:.3f} apart)")
         ga = x["guard_agrees"]
         print(f"  the word-order guard agrees on {ga['same'] * 100:.1f} % of same-meaning pairs, "
               f"{ga['different'] * 100:.1f} % of different ones")
