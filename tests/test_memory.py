@@ -332,3 +332,31 @@ async def test_memory_routes_refuse_strangers(mosquitto: Any, make_hub: Any, tmp
                 assert status == 403 and err["error"]["code"] == "bad_host", (path, err)
             status, ok = await call(s, "POST", hub.http_url + "/api/memory/reindex", headers=token)
             assert status == 202 and ok == {"scanning": ["notes"]}
+
+
+async def test_indexing_waits_for_a_clean_window_as_deferred_work(mosquitto: Any, make_hub: Any, spawn_agent: Any,
+                                                                  tmp_path: Path) -> None:
+    """A batch is deferrable: with the grid dirty now and clean in 2 s, it waits (listed in
+    /api/deferred meanwhile) and runs in the window, before its deadline."""
+    import time
+
+    from hub.energy.model import ForecastPoint
+
+    vault = tmp_path / "vault"
+    write_vault(vault)
+    memory = {"vaults": [{"name": "notes", "path": str(vault)}], "deadline_s": 60, "scan_interval_s": 3600}
+    async with make_hub(mosquitto.url, zeroconf={"enabled": False}, memory=memory) as hub:
+        await fleet(hub, spawn_agent, mosquitto.url, ("laptop", ()))
+        now = time.time()
+        hub.energy.report("test", "carbon_g_per_kwh", 400, now)
+        hub.energy.set_forecast("test", "carbon_g_per_kwh", [ForecastPoint(now - 1, now + 2, 400),
+                                                             ForecastPoint(now + 2, now + 600, 60)])
+        hub.memory.indexer.idle.clear()
+        hub.memory.reindex()
+        waiting = await wait_for(lambda: [d for d in hub.deferred_store.list() if d["id"].startswith("memory-notes-")],
+                                 20, what="an indexing batch in the deferred list")
+        assert waiting[0]["task"] == "embed" and waiting[0]["state"] == "waiting", waiting
+        await asyncio.wait_for(hub.memory.indexer.idle.wait(), 60)
+        notes = hub.memory.status()["sources"][0]
+        assert notes["state"] == "idle" and notes["chunks"] > 0, notes
+        assert notes["last_batch"]["deferred_s"] >= 1.0 and time.time() < now + 60, notes["last_batch"]

@@ -179,13 +179,9 @@ class Indexer:
             log.warning("memory: %s: %s (kept what was indexed; retrying at the next scan)", name, exc)
             await asyncio.to_thread(self.store.scanned, name, self.clock(), None, str(exc))
             return
-        except Exception as exc:  # a bug or an unexpected git answer: this source waits, others go on
-            st.state, st.error = "error", f"{type(exc).__name__}: {exc}"
-            log.exception("memory: scanning %s failed", name)
-            return
         st.last_scan = self.clock()
         st.skipped, st.skipped_total = result.skipped[:_SKIPPED_SHOWN], len(result.skipped)
-        st.attachments = getattr(result, "attachments", 0)
+        st.attachments = result.attachments
         st.warnings = sum(len(d.warnings) for d in result.changed)
         if result.rewritten:
             log.warning("memory: %s: history was rewritten since %s; compared every file", name, last)
