@@ -15,7 +15,7 @@ from typing import Any
 
 from .capability import Capability, EnergyReport
 from .energy.model import EnergySnapshot
-from .memory.schema import SearchResponse, SourceDoc
+from .memory.schema import SearchRequest, SearchResponse, SourceDoc
 from .commands import InferCommand
 from .rpc import InferAnswer, InferParams, RpcChunk, RpcRequest, RpcResponse
 
@@ -30,7 +30,8 @@ def schemas() -> dict[str, dict[str, Any]]:
                           ("infer-answer", InferAnswer), ("rpc-chunk", RpcChunk), ("infer-command", InferCommand),
                           ("energy-snapshot", EnergySnapshot), ("voice-command", VoicePost),
                           ("voice-utterance", UtteranceDoc), ("voice-action", ActionMessage),
-                          ("search-response", SearchResponse), ("answer-source", SourceDoc)):
+                          ("search-request", SearchRequest), ("search-response", SearchResponse),
+                          ("answer-source", SourceDoc)):
         schema = model.model_json_schema()
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://sovereign-hub.invalid/schemas/{name}/1"
