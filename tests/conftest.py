@@ -270,3 +270,15 @@ async def retained_until(port: int, topic_filter: str, predicate: Callable[[dict
             raise AssertionError(f"timed out after {timeout} s waiting for {what}: {sorted(got)}")
         await asyncio.sleep(0.05)
     return got
+
+
+async def expect_error(ex: Any, c: Any, code: str, *fragments: str) -> Any:
+    """An executor's refusal of call ``c``: the ExecError with ``code`` and every fragment in its
+    message (the tests of the agent's runtimes)."""
+    from hub.agent.executors.base import ExecError
+    with pytest.raises(ExecError) as info:
+        await ex.run(c)
+    assert info.value.code == code, info.value.message
+    for f in fragments:
+        assert f in info.value.message, f"{f!r} not in {info.value.message!r}"
+    return info.value

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from hub.agent.agent import bundled_embed_models, local_tflite_models
-from hub.agent.executors.base import ExecError, InferCall, InferResult
+from hub.agent.executors.base import InferCall, InferResult
 from hub.agent.executors.embed import EmbedExecutor
 from hub.capability import ModelSpec
 from hub.memory import embedder as emb
+from .conftest import expect_error
 
 try:
     BUNDLED = emb.locate()
@@ -60,15 +61,6 @@ def call(text: str | None = None, data: bytes | None = None, model: ModelSpec = 
 
 def batch(texts: list[object]) -> bytes:
     return json.dumps(texts).encode()
-
-
-async def expect_error(ex: EmbedExecutor, c: InferCall, code: str, *fragments: str) -> ExecError:
-    with pytest.raises(ExecError) as info:
-        await ex.run(c)
-    assert info.value.code == code, info.value.message
-    for f in fragments:
-        assert f in info.value.message, f"{f!r} not in {info.value.message!r}"
-    return info.value
 
 
 def test_paraphrases_are_close_and_unrelated_texts_far(model: emb.Embedder) -> None:

