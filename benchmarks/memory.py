@@ -343,22 +343,9 @@ def embed_ledger(api: str) -> dict[str, Any]:
 
 
 def start_memory_hub(broker: Broker, tmp: Path, vault: Path) -> tuple[subprocess.Popen[bytes], str]:
-    from benchmarks.rpc import ready_line, spawn
-    conf, data_dir = tmp / "hub.toml", tmp / "hub"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(broker.trust_file, data_dir / "trust.json")  # the agent's login: a paired device
-    conf.write_text(f'hub_id = "bench-memory"\ndata_dir = "{data_dir}"\nlog_level = "error"\n'
-                    f'[mqtt]\nurl = "{broker.url}"\nusername = "{broker.hub.username}"\n'
-                    f'password = "{broker.hub.password}"\n[pairing]\nrequired = true\n'
-                    f'[http]\nport = 0\nrequire_token = "remote"\n[zeroconf]\nenabled = false\n'
-                    f'[memory]\ndeadline_s = 0\nscan_interval_s = 3600\n'
-                    f'[[memory.vaults]]\nname = "{SOURCE}"\npath = "{vault}"\n')
-    conf.chmod(0o600)  # it holds a password
-    proc = spawn("-m", "hub", "run", "--config", str(conf))
-    m = re.search(r"API (http://\S+)", ready_line(proc, "API"))
-    if m is None:
-        raise SystemExit("the hub did not say where its API is")
-    return proc, m.group(1)
+    from benchmarks.rpc import start_hub
+    return start_hub(broker, tmp, "bench-memory", sections=(
+        f'[memory]\ndeadline_s = 0\nscan_interval_s = 3600\n[[memory.vaults]]\nname = "{SOURCE}"\npath = "{vault}"\n'))
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:

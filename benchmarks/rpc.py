@@ -143,10 +143,10 @@ def ready_line(proc: subprocess.Popen[bytes], pattern: str = "ready") -> str:
 
 
 def start_hub(broker: Broker, tmp: Path, hub_id: str = "bench-hub", pairing_required: bool = True,
-              **dispatch: Any) -> tuple[subprocess.Popen[bytes], str]:
+              sections: str = "", **dispatch: Any) -> tuple[subprocess.Popen[bytes], str]:
     """A hub process on ``broker`` with the hub login. Its data directory gets a copy of the
     broker's trust store: every device login made before this call is a paired device (make
-    agents' logins with ``device_login`` first)."""
+    agents' logins with ``device_login`` first). ``sections``: more TOML for its config."""
     conf = tmp / f"{hub_id}.toml"
     data_dir = tmp / hub_id
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,8 @@ def start_hub(broker: Broker, tmp: Path, hub_id: str = "bench-hub", pairing_requ
     conf.write_text(f'hub_id = "{hub_id}"\ndata_dir = "{data_dir}"\nlog_level = "error"\n'
                     f'[mqtt]\nurl = "{broker.url}"\n{login}'
                     f'[pairing]\nrequired = {"true" if required else "false"}\n'
-                    f'[http]\nport = 0\nrequire_token = "remote"\n[zeroconf]\nenabled = false\n[dispatch]\n{extra}')
+                    f'[http]\nport = 0\nrequire_token = "remote"\n[zeroconf]\nenabled = false\n[dispatch]\n{extra}'
+                    f'{sections}')
     conf.chmod(0o600)  # it holds a password
     proc = spawn("-m", "hub", "run", "--config", str(conf))
     m = re.search(r"API (http://\S+)", ready_line(proc, "API"))

@@ -35,8 +35,9 @@ class Chunk:
 
     @property
     def key(self) -> str:
-        """Stable identity for dedupe: the same text at the same place of the same file gives the same key, so an
-        edit elsewhere in the file does not force re-embedding this chunk (meta is deliberately not part of it)."""
+        """Stable identity: the same text at the same place of the same file gives the same key (meta is
+        deliberately not part of it). The indexer does not use it: it keeps a changed file's vectors by chunk
+        text, which also survives the text moving to other lines."""
         h = hashlib.sha256()
         for part in (self.path, self.kind, str(self.line_start), str(self.line_end)):
             h.update(part.encode("utf-8", "surrogatepass"))

@@ -114,7 +114,6 @@ class Indexer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._seq = 0
-        self.scans = 0  # completed scan rounds (tests wait on it)
         self.idle = asyncio.Event()
 
     def start(self) -> None:
@@ -156,7 +155,6 @@ class Indexer:
                 except Exception as exc:  # a bug: this source waits for the next scan, the others go on
                     self.status_of[name].state, self.status_of[name].error = "error", f"{type(exc).__name__}: {exc}"
                     log.exception("memory: indexing %s failed", name)
-            self.scans += 1
             if not self._wanted:
                 self.idle.set()
 
